@@ -1,0 +1,22 @@
+"""The `fer-edge` command line: one verb per mode.
+
+Verbs import their heavy dependencies (TensorFlow) only when they run, so the device-side verbs
+work where only the `edge` extra is installed.
+"""
+from __future__ import annotations
+
+import click
+
+from fer_edge import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="fer-edge")
+def main() -> None:
+    """Facial emotion recognition: train on FER2013, convert to int8 TFLite, run on the edge."""
+
+
+from fer_edge.train.commands import compare, data, evaluate, models, train  # noqa: E402
+
+for _command in (data, models, train, evaluate, compare):
+    main.add_command(_command)

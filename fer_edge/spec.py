@@ -1,0 +1,70 @@
+"""The model contract shared by training, conversion and the edge runtime.
+
+Class names, input size and preprocessing live here and nowhere else, so a face produces the
+same tensor on the training host and on the device. Only numpy and OpenCV are needed.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+CLASS_NAMES: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+NUM_CLASSES = len(CLASS_NAMES)
+INPUT_SIZE = 48
+INPUT_SHAPE = (INPUT_SIZE, INPUT_SIZE, 1)
+
+# Written into every exported model so a device can check it feeds the model the way training did.
+PREPROCESSING = {
+    "color": "grayscale",
+    "size": [INPUT_SIZE, INPUT_SIZE],
+    "resize": "area",
+    "scale": 1.0 / 255.0,
+    "offset": 0.0,
+}
+
+
+def to_gray(image: np.ndarray) -> np.ndarray:
+    """Return an 8-bit single-channel image from a gray, BGR or BGRA array."""
+    import cv2
+
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 3:
+        code = cv2.COLOR_BGRA2GRAY if image.shape[2] == 4 else cv2.COLOR_BGR2GRAY
+        image = cv2.cvtColor(image, code)
+    if image.dtype != np.uint8:
+        image = np.clip(image, 0, 255).astype(np.uint8)
+    return image
+
+
+def resize_face(gray: np.ndarray) -> np.ndarray:
+    """Resize a grayscale face crop to the model's square input with area interpolation."""
+    if gray.shape[:2] == (INPUT_SIZE, INPUT_SIZE):
+        return gray
+    import cv2
+
+    return cv2.resize(gray, (INPUT_SIZE, INPUT_SIZE), interpolation=cv2.INTER_AREA)
+
+
+def preprocess_faces(faces) -> np.ndarray:
+    """Turn face crops (gray or colour, any size) into a float32 batch (N, 48, 48, 1) in [0, 1].
+
+    A uint8 array of shape (N, 48, 48) is the fast path used for whole datasets.
+    """
+    if isinstance(faces, np.ndarray) and faces.ndim == 3 and faces.shape[1:] == (INPUT_SIZE, INPUT_SIZE):
+        batch = faces
+    else:
+        batch = np.stack([resize_face(to_gray(np.asarray(face))) for face in faces]) if len(faces) else (
+            np.zeros((0, INPUT_SIZE, INPUT_SIZE), np.uint8))
+    return (batch.astype(np.float32) * np.float32(PREPROCESSING["scale"]))[..., None]
+
+
+def quantize(x: np.ndarray, scale: float, zero_point: int, dtype) -> np.ndarray:
+    """Quantize a float tensor with a TFLite affine (scale, zero-point) into an integer dtype."""
+    info = np.iinfo(dtype)
+    q = np.round(x / scale) + zero_point
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """Map TFLite integer outputs back to floats: scale * (q - zero_point)."""
+    return (scale * (q.astype(np.float32) - zero_point)).astype(np.float32)
