@@ -1,0 +1,141 @@
+"""The networks: the deck's manual SE-ResNet and its shallow baseline.
+
+Written like Keras' application models: one function per block, every layer named by its block
+prefix, the whole network readable top to bottom in `seresnet`.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+from fer_edge.spec import INPUT_SHAPE, NUM_CLASSES
+from fer_edge.train.tf_setup import tf
+
+layers = tf.keras.layers
+
+
+@dataclass(frozen=True)
+class SEResNetConfig:
+    widths: tuple[int, ...] = (64, 128, 256, 512)
+    blocks: tuple[int, ...] = (2, 2, 2, 2)
+    stem_stride: int = 1
+    activation: str = "leaky_relu"
+    se: bool = True
+    se_ratio: int = 8
+    dense: int = 256
+    dropout: float = 0.4
+
+
+PRESETS: dict[str, SEResNetConfig] = {
+    # The deck's sizes: 11.5 M parameters, 1.25 G MACs; too slow for a Pi-class CPU.
+    "paper": SEResNetConfig(),
+    # A quarter of the widths: ~0.3 G MACs, under 1 ms int8 on one x86 core.
+    "edge": SEResNetConfig(widths=(32, 64, 128, 256)),
+    # ReLU because the Edge TPU compiler does not map LEAKY_RELU and cuts the graph there.
+    "edgetpu": SEResNetConfig(widths=(32, 64, 128, 256), activation="relu"),
+}
+MODEL_NAMES = ("seresnet", "baseline")
+
+
+def activation(x, kind: str, name: str):
+    if kind == "leaky_relu":
+        return layers.LeakyReLU(alpha=0.1, name=name)(x)
+    if kind == "relu":
+        return layers.ReLU(name=name)(x)
+    raise ValueError(f"activation must be 'leaky_relu' or 'relu', got {kind!r}")
+
+
+def conv_bn(x, filters: int, kernel: int, stride: int, prefix: str):
+    x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False,
+                      kernel_initializer="he_normal", name=f"{prefix}_conv")(x)
+    return layers.BatchNormalization(name=f"{prefix}_bn")(x)
+
+
+def se_block(x, ratio: int, act: str, prefix: str):
+    """Squeeze-and-excitation: re-weight channels by a gate computed from their global means."""
+    channels = x.shape[-1]
+    s = layers.GlobalAveragePooling2D(name=f"{prefix}_se_squeeze")(x)
+    s = layers.Dense(max(channels // ratio, 8), name=f"{prefix}_se_reduce")(s)
+    s = activation(s, act, f"{prefix}_se_act")
+    s = layers.Dense(channels, activation="sigmoid", name=f"{prefix}_se_expand")(s)
+    s = layers.Reshape((1, 1, channels), name=f"{prefix}_se_reshape")(s)
+    return layers.Multiply(name=f"{prefix}_se_scale")([x, s])
+
+
+def residual_block(x, filters: int, stride: int, cfg: SEResNetConfig, prefix: str):
+    """Two 3x3 convolutions, optional SE, and a projection shortcut where the shape changes."""
+    shortcut = x
+    if stride != 1 or x.shape[-1] != filters:
+        shortcut = conv_bn(x, filters, 1, stride, f"{prefix}_proj")
+    y = conv_bn(x, filters, 3, stride, f"{prefix}_1")
+    y = activation(y, cfg.activation, f"{prefix}_1_act")
+    y = conv_bn(y, filters, 3, 1, f"{prefix}_2")
+    if cfg.se:
+        y = se_block(y, cfg.se_ratio, cfg.activation, prefix)
+    y = layers.Add(name=f"{prefix}_add")([shortcut, y])
+    return activation(y, cfg.activation, f"{prefix}_out")
+
+
+def classifier_head(x, dense: int, dropout: float, act: str):
+    x = layers.GlobalAveragePooling2D(name="head_pool")(x)
+    if dense:
+        x = layers.Dense(dense, name="head_dense")(x)
+        x = activation(x, act, "head_act")
+    if dropout:
+        x = layers.Dropout(dropout, name="head_dropout")(x)
+    x = layers.Dense(NUM_CLASSES, name="head_logits")(x)
+    # float32 so mixed-precision training still computes the loss on full-precision probabilities.
+    return layers.Activation("softmax", dtype="float32", name="predictions")(x)
+
+
+def seresnet(cfg: SEResNetConfig, name: str = "seresnet"):
+    inputs = layers.Input(INPUT_SHAPE, name="image")
+    x = conv_bn(inputs, cfg.widths[0], 3, cfg.stem_stride, "stem")
+    x = activation(x, cfg.activation, "stem_act")
+    for stage, (filters, blocks) in enumerate(zip(cfg.widths, cfg.blocks), start=1):
+        for block in range(1, blocks + 1):
+            stride = 2 if stage > 1 and block == 1 else 1
+            x = residual_block(x, filters, stride, cfg, f"stage{stage}_block{block}")
+    return tf.keras.Model(inputs, classifier_head(x, cfg.dense, cfg.dropout, cfg.activation), name=name)
+
+
+def baseline(name: str = "baseline"):
+    """The deck's shallow comparison CNN: three conv blocks, no residuals, no attention."""
+    inputs = layers.Input(INPUT_SHAPE, name="image")
+    x = inputs
+    for i, filters in enumerate((32, 64, 128), start=1):
+        x = conv_bn(x, filters, 3, 1, f"block{i}")
+        x = layers.ReLU(name=f"block{i}_act")(x)
+        x = layers.MaxPooling2D(2, name=f"block{i}_pool")(x)
+    return tf.keras.Model(inputs, classifier_head(x, dense=0, dropout=0.25, act="relu"), name=name)
+
+
+def resolve_config(preset: str, **overrides) -> SEResNetConfig:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    return replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
+
+
+def build_model(model: str = "seresnet", preset: str = "edge", **overrides):
+    """Build a model by name; `overrides` replace fields of the preset (seresnet only)."""
+    if model == "seresnet":
+        return seresnet(resolve_config(preset, **overrides), name=f"seresnet_{preset}")
+    if model == "baseline":
+        return baseline()
+    raise ValueError(f"unknown model {model!r}; choose from {', '.join(MODEL_NAMES)}")
+
+
+def model_config(model: str, preset: str, **overrides) -> dict:
+    return asdict(resolve_config(preset, **overrides)) if model == "seresnet" else {}
+
+
+def count_macs(model) -> int:
+    """Multiply-accumulates of one forward pass (convolutions and dense layers)."""
+    macs = 0
+    for layer in model.layers:
+        if isinstance(layer, layers.Conv2D):
+            kh, kw = layer.kernel_size
+            _, h, w, cout = layer.output_shape
+            macs += kh * kw * layer.input_shape[-1] * cout * h * w
+        elif isinstance(layer, layers.Dense):
+            macs += layer.input_shape[-1] * layer.units
+    return int(macs)
