@@ -1,0 +1,356 @@
+"""The daemon's configuration: one dataclass per TOML table, resolved from four layers.
+
+Precedence, highest first: command-line flags, the TOML file (`--config`), environment variables
+(`FER_EDGE_<TABLE>_<KEY>`, or `FER_EDGE_<KEY>` for top-level keys), the defaults below. Every value
+remembers where it came from, so an error names both the key and the place to fix it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+ENV_PREFIX = "FER_EDGE_"
+
+# Flags are visible to every user in `ps`, so these are read only from the file or environment,
+# and --check-config masks them.
+SECRET_KEYS = frozenset({"mqtt.password", "mqtt.tls_key"})
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown or its value is invalid; the message names the key."""
+
+
+def _check(test: Callable[[Any], bool], expected: str) -> dict:
+    return {"check": test, "expected": expected}
+
+
+def _positive() -> dict:
+    return _check(lambda v: v > 0, "a number > 0")
+
+
+def _non_negative() -> dict:
+    return _check(lambda v: v >= 0, "a number >= 0")
+
+
+def _one_of(*choices: str) -> dict:
+    return _check(lambda v: v in choices, "one of " + ", ".join(choices))
+
+
+def _port(allow_zero: bool = False) -> dict:
+    low = 0 if allow_zero else 1
+    return _check(lambda v: low <= v <= 65535, f"a port number {low}..65535")
+
+
+@dataclass
+class SourceConfig:
+    """Where frames come from."""
+
+    uri: str = "0"
+    """A V4L2 camera (`0`, `/dev/video0`), `picamera` (Raspberry Pi camera), a video file,
+    or an `rtsp://`, `http://` or `https://` stream URL."""
+    width: int = field(default=640, metadata=_positive())
+    """Requested camera resolution; ignored for files and streams."""
+    height: int = field(default=480, metadata=_positive())
+    loop: bool = False
+    """Restart a video file at its end instead of stopping the daemon."""
+    pace: bool = True
+    """Play a video file at its own frame rate; off, every frame is processed as fast as possible."""
+    retry_min_s: float = field(default=0.5, metadata=_positive())
+    """First wait before reopening a lost camera or stream; doubles on each failure."""
+    retry_max_s: float = field(default=30.0, metadata=_positive())
+
+
+@dataclass
+class ModelConfig:
+    """The emotion classifier."""
+
+    path: str = ""
+    """The int8 `.tflite` model; empty uses the model shipped with fer-edge."""
+    threads: int = field(default=2, metadata=_positive())
+    device: str = field(default="cpu", metadata=_one_of("cpu", "edgetpu", "edgetpu:usb", "edgetpu:pci"))
+    fallback_cpu: bool = True
+    """Run on the CPU, with a warning, when the Edge TPU cannot be used."""
+    sha256: str = ""
+    """Expected sha256 of the model file (from its model card); a mismatch refuses to start."""
+
+
+@dataclass
+class PipelineConfig:
+    """Detection, classification and the frame-rate cap."""
+
+    detector: str = "haar"
+    detector_model: str = ""
+    """Model file for a CNN detector; empty uses the detector's default."""
+    detect_width: int = field(default=320, metadata=_positive())
+    """Frames are downscaled to this width for detection (cheaper, and enough for near faces)."""
+    detect_every: int = field(default=3, metadata=_positive())
+    """Run the detector on every Nth frame and follow the boxes in between."""
+    max_fps: float = field(default=10.0, metadata=_non_negative())
+    """Process at most this many frames a second to save power; 0 means no cap."""
+
+
+@dataclass
+class SmoothingConfig:
+    """Per-face temporal smoothing, so labels do not flicker from frame to frame."""
+
+    method: str = field(default="ema", metadata=_one_of("ema", "vote"))
+    """`ema`: exponential moving average of probabilities; `vote`: majority of the last `window` labels."""
+    alpha: float = field(default=0.3, metadata=_check(lambda v: 0 < v <= 1, "a number in (0, 1]"))
+    """EMA weight of the newest frame."""
+    window: int = field(default=5, metadata=_positive())
+    iou_threshold: float = field(default=0.3, metadata=_check(lambda v: 0 < v < 1, "a number in (0, 1)"))
+    """Minimum box overlap for a face to keep its identity from one frame to the next."""
+    min_hits: int = field(default=2, metadata=_positive())
+    """Frames a face must be seen before it is reported (filters one-frame false detections)."""
+    max_missed: int = field(default=5, metadata=_non_negative())
+    """Frames a face may go unseen before it is reported lost."""
+
+
+@dataclass
+class OutputConfig:
+    """JSON lines output and message cadence."""
+
+    jsonl: str = ""
+    """Write face events and periodic summaries as JSON lines: `-` for stdout, a file path, or empty for none."""
+    summary_interval_s: float = field(default=60.0, metadata=_positive())
+    state_interval_s: float = field(default=1.0, metadata=_positive())
+    """Longest gap between MQTT state messages; a face event publishes the state at once."""
+
+
+@dataclass
+class MqttConfig:
+    """MQTT output: `<topic_prefix>/<camera_id>/state`, `/events` and `/availability`."""
+
+    host: str = ""
+    """Broker host name; empty disables MQTT."""
+    port: int = field(default=1883, metadata=_port())
+    qos: int = field(default=1, metadata=_check(lambda v: v in (0, 1, 2), "0, 1 or 2"))
+    client_id: str = ""
+    """Empty uses `fer-edge-<camera_id>`."""
+    username: str = ""
+    password: str = ""
+    """Secret: set it in the config file or FER_EDGE_MQTT_PASSWORD, never on the command line."""
+    topic_prefix: str = field(default="fer-edge", metadata=_check(
+        lambda v: v and not any(c in v for c in "#+") and not v.endswith("/"), "a topic without wildcards or a trailing /"))
+    keepalive_s: int = field(default=30, metadata=_check(lambda v: v >= 5, "an integer >= 5"))
+    buffer: int = field(default=1000, metadata=_positive())
+    """Messages kept while the broker is away; older ones are dropped (and counted) beyond this."""
+    retry_min_s: float = field(default=1.0, metadata=_positive())
+    retry_max_s: float = field(default=30.0, metadata=_positive())
+    tls: bool = False
+    """Use TLS with the system's CA certificates (implied by tls_ca)."""
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    """Secret path: set it in the config file or FER_EDGE_MQTT_TLS_KEY."""
+
+
+@dataclass
+class HttpConfig:
+    """HTTP endpoints: /healthz, /state and /metrics."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    """Listen address; only this machine can connect unless you name another address."""
+    port: int = field(default=8080, metadata=_port(allow_zero=True))
+    stale_after_s: float = field(default=5.0, metadata=_positive())
+    """/healthz fails when the newest frame is older than this."""
+
+
+@dataclass
+class DaemonConfig:
+    """Everything `fer-edge daemon` runs with."""
+
+    camera_id: str = field(default="camera", metadata=_check(
+        lambda v: v and not any(c in v for c in "/#+"), "a non-empty name without / # +"))
+    """Names this camera in MQTT topics and messages."""
+    log_level: str = field(default="info", metadata=_one_of("debug", "info", "warning", "error"))
+    source: SourceConfig = field(default_factory=SourceConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    smoothing: SmoothingConfig = field(default_factory=SmoothingConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+
+    def get(self, key: str) -> Any:
+        """The value of a dotted key, e.g. `mqtt.port`."""
+        obj: Any = self
+        for part in key.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    def to_toml(self, mask_secrets: bool = True) -> str:
+        """The resolved configuration as a TOML document (a valid `--config` file)."""
+        lines: list[str] = []
+        for name, kind in _TABLES.items():
+            if name:
+                lines.append(f"\n[{name}]")
+            for key in _KEYS[name]:
+                dotted = f"{name}.{key}" if name else key
+                value = self.get(dotted)
+                if mask_secrets and dotted in SECRET_KEYS and value:
+                    value = "********"
+                lines.append(f"{key} = {_toml_value(value)}")
+        return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)  # JSON string escapes are valid TOML basic strings
+    return repr(value)
+
+
+# Table name -> section dataclass; "" holds the top-level keys.
+_TABLES: dict[str, type] = {"": DaemonConfig}
+_TABLES.update({name: kind for name, kind in typing.get_type_hints(DaemonConfig).items()
+                if dataclasses.is_dataclass(kind)})
+_TYPES: dict[str, dict[str, type]] = {}
+_FIELDS: dict[str, dataclasses.Field] = {}
+_KEYS: dict[str, list[str]] = {}
+for _table, _cls in _TABLES.items():
+    _hints = typing.get_type_hints(_cls)
+    _KEYS[_table] = [f.name for f in dataclasses.fields(_cls) if f.name not in _TABLES]
+    for _f in dataclasses.fields(_cls):
+        if _f.name in _KEYS[_table]:
+            dotted = f"{_table}.{_f.name}" if _table else _f.name
+            _TYPES.setdefault(_table, {})[_f.name] = _hints[_f.name]
+            _FIELDS[dotted] = _f
+ALL_KEYS: tuple[str, ...] = tuple(_FIELDS)
+
+
+def _type_of(key: str) -> type:
+    table, _, name = key.rpartition(".")
+    return _TYPES[table][name]
+
+
+def _unknown(key: str, origin: str) -> ConfigError:
+    hint = difflib.get_close_matches(key, ALL_KEYS, n=1)
+    suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+    return ConfigError(f"unknown config key {key!r} ({origin}){suggestion}")
+
+
+def _typed(key: str, value: Any, origin: str) -> Any:
+    """Check a value from TOML or a flag against the key's type and constraint."""
+    kind = _type_of(key)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if type(value) is not kind:
+        raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r} ({origin})")
+    meta = _FIELDS[key].metadata
+    if "check" in meta and not meta["check"](value):
+        raise ConfigError(f"{key}: expected {meta['expected']}, got {value!r} ({origin})")
+    return value
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _parse_env(key: str, text: str, origin: str) -> Any:
+    """Convert an environment variable's text to the key's type."""
+    kind = _type_of(key)
+    try:
+        if kind is bool:
+            if text.strip().lower() not in _TRUE | _FALSE:
+                raise ValueError
+            return _typed(key, text.strip().lower() in _TRUE, origin)
+        return _typed(key, kind(text.strip()) if kind is not str else text, origin)
+    except ValueError as error:
+        if isinstance(error, ConfigError):
+            raise
+        raise ConfigError(f"{key}: expected {kind.__name__}, got {text!r} ({origin})") from None
+
+
+def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    """`FER_EDGE_MQTT_PORT=1884` -> {"mqtt.port": 1884}.
+
+    Other fer-edge tools share the prefix (e.g. FER_EDGE_DATA), so a variable is an error only
+    when it names one of the daemon's tables but no key in it: that is a typo, not another tool.
+    """
+    values: dict[str, Any] = {}
+    for variable, text in environ.items():
+        if not variable.startswith(ENV_PREFIX):
+            continue
+        rest = variable[len(ENV_PREFIX):].lower()
+        origin = f"environment variable {variable}"
+        if rest in _KEYS[""]:
+            values[rest] = _parse_env(rest, text, origin)
+            continue
+        table, _, name = rest.partition("_")
+        if table in _TABLES and table:
+            key = f"{table}.{name}"
+            if key not in _FIELDS:
+                raise _unknown(key, origin)
+            values[key] = _parse_env(key, text, origin)
+    return values
+
+
+def _from_toml(path: Path) -> dict[str, Any]:
+    origin = f"config file {path}"
+    try:
+        with open(path, "rb") as f:
+            document = tomllib.load(f)
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+    values: dict[str, Any] = {}
+    for name, value in document.items():
+        if isinstance(value, dict):
+            if name not in _TABLES or not name:
+                raise _unknown(name, origin)
+            for key, item in value.items():
+                dotted = f"{name}.{key}"
+                if dotted not in _FIELDS:
+                    raise _unknown(dotted, origin)
+                values[dotted] = _typed(dotted, item, origin)
+        elif name in _FIELDS:
+            values[name] = _typed(name, value, origin)
+        else:
+            raise _unknown(name, origin)
+    return values
+
+
+def resolve(flags: Mapping[str, Any] | None = None, config_path: str | Path | None = None,
+            environ: Mapping[str, str] | None = None) -> DaemonConfig:
+    """Merge flags (dotted keys; None means not given) > TOML file > environment > defaults."""
+    values = _from_environment(environ if environ is not None else {})
+    if config_path is not None:
+        values.update(_from_toml(Path(config_path)))
+    for key, value in (flags or {}).items():
+        if value is None:
+            continue
+        if key in SECRET_KEYS:
+            raise ConfigError(f"{key} is a secret: set it in the config file or environment, not on the command line")
+        values[key] = _typed(key, value, "command line")
+    config = DaemonConfig()
+    for key, value in values.items():
+        table, _, name = key.rpartition(".")
+        setattr(getattr(config, table) if table else config, name, value)
+    _check_combinations(config)
+    return config
+
+
+def _check_combinations(config: DaemonConfig) -> None:
+    """Constraints between keys, which per-key checks cannot see."""
+    if config.source.retry_min_s > config.source.retry_max_s:
+        raise ConfigError("source.retry_min_s: must not exceed source.retry_max_s")
+    if config.mqtt.retry_min_s > config.mqtt.retry_max_s:
+        raise ConfigError("mqtt.retry_min_s: must not exceed mqtt.retry_max_s")
+    if config.mqtt.password and not config.mqtt.username:
+        raise ConfigError("mqtt.password: set mqtt.username too")
+    if bool(config.mqtt.tls_cert) != bool(config.mqtt.tls_key):
+        raise ConfigError("mqtt.tls_cert: a client certificate needs mqtt.tls_key, and the other way round")
+    for key in ("mqtt.tls_ca", "mqtt.tls_cert", "mqtt.tls_key", "model.path", "pipeline.detector_model"):
+        value = config.get(key)
+        if value and not Path(value).is_file():
+            raise ConfigError(f"{key}: no such file: {value}")
