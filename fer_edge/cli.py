@@ -8,9 +8,20 @@ from __future__ import annotations
 import click
 
 from fer_edge import __version__
+from fer_edge.errors import FerEdgeError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class Verbs(click.Group):
+    """Turns user errors raised anywhere below into one line on stderr and exit status 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except FerEdgeError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=Verbs, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="fer-edge")
 def main() -> None:
     """Facial emotion recognition: train on FER2013, convert to int8 TFLite, run on the edge."""

@@ -1,0 +1,127 @@
+"""One metrics code path for Keras models, training runs and `.tflite` files (float or int8)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from fer_edge import atomic
+from fer_edge.errors import FerEdgeError
+from fer_edge.spec import CLASS_NAMES, preprocess_faces
+from fer_edge.train.data import FerDataset
+
+
+class KerasPredictor:
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return self.model.predict(preprocess_faces(images), batch_size=256, verbose=0)
+
+
+class TFLitePredictor:
+    """Runs a `.tflite` through the edge runtime's classifier, exactly as a device would."""
+
+    def __init__(self, path: Path, num_threads: int | None = None):
+        from fer_edge.edge_runtime.classifier import ClassifierOptions, EmotionClassifier
+
+        self.classifier = EmotionClassifier(ClassifierOptions(model_path=str(path), num_threads=num_threads))
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return self.classifier.classify(images)
+
+
+def load_predictor(ref):
+    """A predictor from a Keras model object, a run folder, a `.keras`/`.h5` file or a `.tflite`."""
+    if not isinstance(ref, (str, Path)):
+        return KerasPredictor(ref)
+    path = Path(ref)
+    if not path.exists():
+        raise FerEdgeError(f"{path}: no such model file or run folder")
+    if path.suffix == ".tflite":
+        return TFLitePredictor(path)
+    from fer_edge.train.trainer import load_run_model
+
+    if path.is_dir():
+        return KerasPredictor(load_run_model(path))
+    from fer_edge.train.tf_setup import tf
+
+    try:
+        return KerasPredictor(tf.keras.models.load_model(str(path), compile=False))
+    except (OSError, ValueError) as exc:
+        raise FerEdgeError(f"{path}: cannot load as a Keras model ({exc})") from None
+
+
+def predict_probs(predictor, images: np.ndarray, tta_flip: bool = False) -> np.ndarray:
+    probs = predictor(images)
+    if tta_flip:
+        probs = (probs + predictor(np.ascontiguousarray(images[:, :, ::-1]))) / 2
+    return np.asarray(probs, dtype=np.float32)
+
+
+def compute_metrics(labels: np.ndarray, probs: np.ndarray, leaked: np.ndarray | None = None) -> dict:
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+    pred = probs.argmax(axis=1)
+    classes = np.arange(len(CLASS_NAMES))
+    p, r, f, s = precision_recall_fscore_support(labels, pred, labels=classes, zero_division=0)
+    metrics = {
+        "images": int(len(labels)),
+        "accuracy": float(accuracy_score(labels, pred)),
+        "f1_weighted": float(f1_score(labels, pred, labels=classes, average="weighted", zero_division=0)),
+        "f1_macro": float(f1_score(labels, pred, labels=classes, average="macro", zero_division=0)),
+        "per_class": {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+                      for i, name in enumerate(CLASS_NAMES)},
+        "confusion_matrix": confusion_matrix(labels, pred, labels=classes).tolist(),
+    }
+    if leaked is not None:
+        keep = ~leaked
+        metrics["leakage_free"] = {
+            "images": int(keep.sum()),
+            "accuracy": float(accuracy_score(labels[keep], pred[keep])),
+            "f1_macro": float(f1_score(labels[keep], pred[keep], labels=classes, average="macro", zero_division=0)),
+        }
+    return metrics
+
+
+def write_report(metrics: dict, labels: np.ndarray, probs: np.ndarray, out_dir: Path, title: str) -> None:
+    from sklearn.metrics import classification_report
+
+    from fer_edge.train.plots import plot_confusion
+
+    out_dir = Path(out_dir)
+    atomic.write_json(out_dir / "metrics.json", metrics)
+    report = classification_report(labels, probs.argmax(axis=1), labels=np.arange(len(CLASS_NAMES)),
+                                   target_names=list(CLASS_NAMES), digits=4, zero_division=0)
+    atomic.write_text(out_dir / "classification_report.txt", report)
+    plot_confusion(np.array(metrics["confusion_matrix"]), out_dir / "confusion_matrix.png", title)
+
+
+def evaluate_split(model, ds: FerDataset, split: str, out_dir: Path | None = None, tta_flip: bool = False,
+                   limit: int | None = None) -> dict:
+    """Metrics of `model` on one split (optionally a stratified subset), with the report files."""
+    idx = ds.subset(split, limit) if limit else ds.indices(split)
+    if len(idx) == 0:
+        raise FerEdgeError(f"--split: {split} is empty in {ds.source}")
+    images, labels = ds.images[idx], ds.labels[idx].astype(np.int64)
+    leaked = ds.leaked(split)
+    if leaked is not None and limit:
+        leaked = leaked[np.searchsorted(ds.indices(split), idx)]
+    probs = predict_probs(load_predictor(model), images, tta_flip)
+    metrics = {"split": split, "tta_flip": tta_flip, **compute_metrics(labels, probs, leaked)}
+    if out_dir is not None:
+        write_report(metrics, labels, probs, Path(out_dir), f"{split}")
+    return metrics
+
+
+def summary_line(metrics: dict) -> str:
+    line = (f"{metrics['split']}: accuracy {metrics['accuracy']:.4f}  weighted F1 {metrics['f1_weighted']:.4f}  "
+            f"macro F1 {metrics['f1_macro']:.4f}  ({metrics['images']} images)")
+    if "leakage_free" in metrics:
+        line += f"  leakage-free accuracy {metrics['leakage_free']['accuracy']:.4f}"
+    return line
+
+
+def load_metrics(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
