@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from fer_edge.edge_runtime.detection import DETECTORS
+from fer_edge.edge_runtime.pipeline import PipelineOptions
+
 ENV_PREFIX = "FER_EDGE_"
 
 # Flags are visible to every user in `ps`, so these are read only from the file or environment,
@@ -84,13 +87,13 @@ class ModelConfig:
 class PipelineConfig:
     """Detection, classification and the frame-rate cap."""
 
-    detector: str = "haar"
+    detector: str = field(default=PipelineOptions.detector, metadata=_one_of(*DETECTORS))
     detector_model: str = ""
-    """Model file for a CNN detector; empty uses the detector's default."""
-    detect_width: int = field(default=320, metadata=_positive())
+    """Model file of the detector; empty uses the one installed with it."""
+    detect_width: int = field(default=PipelineOptions.detect_width, metadata=_positive())
     """Frames are downscaled to this width for detection (cheaper, and enough for near faces)."""
     detect_every: int = field(default=3, metadata=_positive())
-    """Run the detector on every Nth frame and follow the boxes in between."""
+    """Run the detector on every Nth frame and carry its boxes over in between (saves power)."""
     max_fps: float = field(default=10.0, metadata=_non_negative())
     """Process at most this many frames a second to save power; 0 means no cap."""
 

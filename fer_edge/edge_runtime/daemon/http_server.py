@@ -1,0 +1,65 @@
+"""HTTP endpoints in a background thread: /healthz, /state and /metrics (stdlib server, read-only)."""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST
+
+log = logging.getLogger(__name__)
+
+
+class StatusServer:
+    """Serves the daemon's health, state and metrics; it never serves images."""
+
+    def __init__(self, host: str, port: int, health: Callable[[], tuple[bool, dict]],
+                 state: Callable[[], dict], metrics: Callable[[], bytes]):
+        routes = {
+            "/healthz": lambda: self._health_response(health),
+            "/state": lambda: (200, "application/json", _json(state())),
+            "/metrics": lambda: (200, CONTENT_TYPE_LATEST, metrics()),
+        }
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                route = routes.get(self.path.split("?", 1)[0])
+                status, content_type, body = route() if route else (404, "application/json", _json({"error": "not found"}))
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args) -> None:  # requests are routine: debug level only
+                log.debug("http: " + format, *args)
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
+                                        name="fer-edge-http", daemon=True)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound (host, port); the port is the OS's pick when 0 was asked for."""
+        return self._server.server_address[:2]
+
+    @staticmethod
+    def _health_response(health: Callable[[], tuple[bool, dict]]) -> tuple[int, str, bytes]:
+        healthy, details = health()
+        return (200 if healthy else 503), "application/json", _json(details)
+
+    def start(self) -> None:
+        self._thread.start()
+        log.info("HTTP: serving /healthz, /state and /metrics on http://%s:%d", *self.address)
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _json(payload: dict) -> bytes:
+    return json.dumps(payload).encode()

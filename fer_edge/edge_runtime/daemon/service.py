@@ -1,0 +1,196 @@
+"""The daemon: capture -> pipeline -> tracking -> outputs, until stopped or a file ends."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from fer_edge.edge_runtime.classifier import ClassifierOptions, EmotionClassifier
+from fer_edge.edge_runtime.daemon.capture import ENDED, LOST, OK, FrameGrabber, check_source
+from fer_edge.edge_runtime.daemon.config import ConfigError, DaemonConfig
+from fer_edge.edge_runtime.daemon.http_server import StatusServer
+from fer_edge.edge_runtime.daemon.jsonl import JsonLinesWriter
+from fer_edge.edge_runtime.daemon.metrics import DaemonMetrics
+from fer_edge.edge_runtime.daemon.mqtt import MqttPublisher
+from fer_edge.edge_runtime.daemon.tracking import FaceTracker
+from fer_edge.edge_runtime.pipeline import EmotionPipeline, PipelineOptions
+
+log = logging.getLogger(__name__)
+
+SHIPPED_MODEL = Path(__file__).resolve().parents[2] / "models" / "fer_edge_int8.tflite"
+STAGES = ("detect", "preprocess", "classify", "total")
+# How long the loop waits for a frame before it checks for a stop request and periodic output.
+POLL_S = 0.2
+
+
+def model_path(config: DaemonConfig) -> Path:
+    """The configured model, or the one shipped with fer-edge; ConfigError when it is missing."""
+    model = Path(config.model.path) if config.model.path else SHIPPED_MODEL
+    if not model.is_file():
+        raise ConfigError(f"model.path: no model at {model}; pass --model or set model.path")
+    return model
+
+
+def build_pipeline(config: DaemonConfig) -> EmotionPipeline:
+    """The classifier and detector, loaded once for the daemon's lifetime."""
+    model = model_path(config)
+    classifier = EmotionClassifier(ClassifierOptions(
+        model, num_threads=config.model.threads, device=config.model.device,
+        fallback_cpu=config.model.fallback_cpu, verify_sha256=config.model.sha256 or None))
+    options = PipelineOptions(detector=config.pipeline.detector, detector_model=config.pipeline.detector_model or None,
+                              detect_width=config.pipeline.detect_width, detect_every=config.pipeline.detect_every)
+    return EmotionPipeline(classifier, options=options)
+
+
+class Daemon:
+    """One camera's daemon. `run()` blocks; `stop()` may be called from a signal handler or thread."""
+
+    def __init__(self, config: DaemonConfig, pipeline: EmotionPipeline | None = None):
+        check_source(config.source.uri)
+        self.config = config
+        self.camera_id = config.camera_id
+        self.metrics = DaemonMetrics()
+        self.pipeline = pipeline or build_pipeline(config)
+        self.tracker = FaceTracker(config.smoothing, self.pipeline.classifier.class_names)
+        self.grabber = FrameGrabber(config.source, self.metrics)
+        self.mqtt = MqttPublisher(config.mqtt, config.camera_id, self.metrics) if config.mqtt.host else None
+        self.jsonl = JsonLinesWriter(config.output.jsonl) if config.output.jsonl else None
+        self.http = StatusServer(config.http.host, config.http.port, self.health, self.state, self.metrics.render) if (
+            config.http.enabled) else None
+        self._stopping = threading.Event()
+        self._source_state = self.grabber.status.state
+        self._state: dict = self._snapshot()
+        self._last_state_sent = 0.0
+        self._summary = {"since": time.monotonic(), "frames": 0, "faces": 0, "captured": 0.0, "dropped": 0.0}
+
+    # --- what the outputs see -------------------------------------------------------------------
+
+    def _snapshot(self) -> dict:
+        status = self.grabber.status
+        return {"camera_id": self.camera_id, "ts": round(time.time(), 3),
+                "source": {"state": status.state, "error": status.error, "since": round(status.since, 3)},
+                "faces": self.tracker.faces()}
+
+    def state(self) -> dict:
+        """The current faces and source state (what /state serves and MQTT `state` carries)."""
+        return self._state
+
+    def health(self) -> tuple[bool, dict]:
+        """Healthy while the source delivers fresh frames and, if MQTT is on, the broker is connected."""
+        last = self.grabber.last_frame_at
+        age = None if last is None else round(time.monotonic() - last, 3)
+        source_ok = self.grabber.status.state == OK and age is not None and age <= self.config.http.stale_after_s
+        broker = None if self.mqtt is None else self.mqtt.connected
+        details = {"camera_id": self.camera_id, "source_ok": source_ok, "source_state": self.grabber.status.state,
+                   "source_error": self.grabber.status.error, "last_frame_age_s": age, "broker_connected": broker}
+        healthy = source_ok and broker is not False
+        return healthy, {"status": "ok" if healthy else "unhealthy", **details}
+
+    def _emit(self, events: list[dict]) -> None:
+        now = round(time.time(), 3)
+        for event in events:
+            record = {"camera_id": self.camera_id, "ts": now, **event}
+            self.metrics.events.labels(event["type"]).inc()
+            if self.jsonl:
+                self.jsonl.write(record)
+            if self.mqtt:
+                self.mqtt.publish("events", record)
+
+    def _publish_state(self, changed: bool) -> None:
+        self._state = self._snapshot()
+        now = time.monotonic()
+        if self.mqtt and (changed or now - self._last_state_sent >= self.config.output.state_interval_s):
+            self.mqtt.publish("state", self._state, retain=True)
+            self._last_state_sent = now
+
+    def _summarize(self) -> None:
+        """Every summary_interval_s: throughput, drops and the faces in view, as one JSON line."""
+        s = self._summary
+        now = time.monotonic()
+        if not self.jsonl or now - s["since"] < self.config.output.summary_interval_s:
+            return
+        sample = self.metrics.registry.get_sample_value
+        captured, dropped = sample("fer_edge_frames_captured_total"), sample("fer_edge_frames_dropped_total")
+        elapsed = now - s["since"]
+        self.jsonl.write({
+            "camera_id": self.camera_id, "ts": round(time.time(), 3), "type": "summary",
+            "interval_s": round(elapsed, 3), "fps": round(s["frames"] / elapsed, 2),
+            "frames_captured": int(captured - s["captured"]), "frames_processed": s["frames"],
+            "frames_dropped": int(dropped - s["dropped"]), "face_detections": s["faces"],
+            "source": self._state["source"],
+            "faces": [{k: f[k] for k in ("face_id", "label", "confidence")} for f in self._state["faces"]],
+        })
+        self._summary = {"since": now, "frames": 0, "faces": 0, "captured": captured, "dropped": dropped}
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def _watch_source(self) -> bool:
+        """Turn a change of the source's state into events; True if it changed."""
+        status = self.grabber.status
+        if status.state == self._source_state:
+            return False
+        previous, self._source_state = self._source_state, status.state
+        if status.state == LOST:
+            self._emit([{"type": "source_lost", "error": status.error}] + self.tracker.clear())
+        elif status.state == OK and previous == LOST:
+            self._emit([{"type": "source_restored"}])
+        elif status.state == ENDED:
+            self._emit([{"type": "source_ended"}])
+        return True
+
+    def _process(self, frame) -> bool:
+        result = self.pipeline.process(frame)
+        for stage in STAGES:
+            self.metrics.stage_latency.labels(stage).observe(result.timings_ms.get(stage, 0.0) / 1000.0)
+        self.metrics.frames_processed.inc()
+        self.metrics.faces_detected.inc(len(result.faces))
+        self._summary["frames"] += 1
+        self._summary["faces"] += len(result.faces)
+        events = self.tracker.update(result.faces, time.time())
+        self.metrics.faces.set(len(self.tracker.faces()))
+        self._emit(events)
+        return bool(events)
+
+    def run(self) -> int:
+        """Process frames until stop() or the end of an unlooped file; return the exit status (0)."""
+        if self.http:
+            self.http.start()
+        if self.mqtt:
+            self.mqtt.start()
+        self.grabber.start()
+        min_period = 1.0 / self.config.pipeline.max_fps if self.config.pipeline.max_fps else 0.0
+        seq = 0
+        try:
+            while not self._stopping.is_set():
+                changed = self._watch_source()
+                taken = self.grabber.take(seq, POLL_S)
+                if taken is None:
+                    if self.grabber.status.state == ENDED:
+                        self._watch_source()
+                        break
+                else:
+                    started = time.monotonic()
+                    seq, frame = taken
+                    changed = self._process(frame) or changed
+                    # The cap: sleep off the rest of this frame's time slot (interrupted by stop()).
+                    self._stopping.wait(min_period - (time.monotonic() - started))
+                self._publish_state(changed)
+                self._summarize()
+        finally:
+            self._shutdown()
+        return 0
+
+    def stop(self) -> None:
+        """Ask run() to return; safe from a signal handler."""
+        self._stopping.set()
+
+    def _shutdown(self) -> None:
+        log.info("stopping")
+        self.grabber.stop()
+        if self.mqtt:
+            self.mqtt.close()
+        if self.http:
+            self.http.stop()
+        if self.jsonl:
+            self.jsonl.close()

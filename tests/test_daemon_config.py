@@ -1,0 +1,131 @@
+"""Daemon configuration: precedence, validation, secrets and --check-config (no dataset, no model run)."""
+import tomllib
+
+import pytest
+from click.testing import CliRunner
+
+from fer_edge.cli import main
+from fer_edge.edge_runtime.daemon.config import ALL_KEYS, ConfigError, DaemonConfig, resolve
+
+
+@pytest.fixture
+def files(tmp_path):
+    """A placeholder model and video: --check-config only needs them to exist."""
+    model, video = tmp_path / "m.tflite", tmp_path / "v.mp4"
+    model.write_bytes(b"placeholder")
+    video.write_bytes(b"placeholder")
+    return model, video
+
+
+def write_toml(tmp_path, text):
+    path = tmp_path / "daemon.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_safe():
+    config = resolve()
+    assert config.http.host == "127.0.0.1"
+    assert config.mqtt.host == ""  # MQTT off until a broker is named
+    assert config.output.jsonl == ""
+
+
+def test_flags_override_file_override_environment(tmp_path):
+    path = write_toml(tmp_path, '[mqtt]\nport = 1884\nqos = 2\n[pipeline]\nmax_fps = 5\n')
+    environ = {"FER_EDGE_MQTT_PORT": "1885", "FER_EDGE_MQTT_QOS": "0", "FER_EDGE_MQTT_KEEPALIVE_S": "60",
+               "FER_EDGE_CAMERA_ID": "porch", "FER_EDGE_DATA": "/elsewhere"}  # FER_EDGE_DATA: another tool's
+    config = resolve({"mqtt.port": 1886, "mqtt.qos": None}, path, environ)
+    assert config.mqtt.port == 1886  # flag
+    assert config.mqtt.qos == 2  # file over environment
+    assert config.mqtt.keepalive_s == 60  # environment over default
+    assert config.camera_id == "porch"
+    assert config.pipeline.max_fps == 5.0  # a TOML integer is accepted for a float
+
+
+@pytest.mark.parametrize("toml, message", [
+    ("[mqtt]\npasword = 'x'\n", "unknown config key 'mqtt.pasword' (config file"),
+    ("[mqtt]\npasword = 'x'\n", "did you mean 'mqtt.password'"),
+    ("[camera]\nid = 'x'\n", "unknown config key 'camera'"),
+    ("colour = 'red'\n", "unknown config key 'colour'"),
+    ("[mqtt]\nport = 'eighty'\n", "mqtt.port: expected int, got 'eighty'"),
+    ("[mqtt]\nqos = 3\n", "mqtt.qos: expected 0, 1 or 2, got 3"),
+    ("[http]\nenabled = 1\n", "http.enabled: expected bool"),
+    ("[smoothing]\nmethod = 'median'\n", "smoothing.method: expected one of ema, vote"),
+    ("[pipeline]\ndetector = 'yolo'\n", "pipeline.detector: expected one of"),
+    ("camera_id = 'a/b'\n", "camera_id: expected a non-empty name"),
+    ("[mqtt]\npassword = 's'\n", "mqtt.password: set mqtt.username too"),
+    ("[mqtt]\ntls_ca = '/no/such/ca.pem'\n", "mqtt.tls_ca: no such file"),
+    ("[source]\nretry_min_s = 5\nretry_max_s = 1\n", "source.retry_min_s: must not exceed"),
+    ("[mqtt\n", "is not valid TOML"),
+])
+def test_bad_file_names_the_key(tmp_path, toml, message):
+    with pytest.raises(ConfigError, match=None) as error:
+        resolve(config_path=write_toml(tmp_path, toml))
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize("environ, message", [
+    ({"FER_EDGE_MQTT_PORTT": "1"}, "unknown config key 'mqtt.portt' (environment variable FER_EDGE_MQTT_PORTT)"),
+    ({"FER_EDGE_HTTP_ENABLED": "maybe"}, "http.enabled: expected bool, got 'maybe'"),
+    ({"FER_EDGE_PIPELINE_MAX_FPS": "-1"}, "pipeline.max_fps: expected a number >= 0"),
+])
+def test_bad_environment_names_the_variable(environ, message):
+    with pytest.raises(ConfigError) as error:
+        resolve(environ=environ)
+    assert message in str(error.value)
+
+
+def test_environment_types():
+    config = resolve(environ={"FER_EDGE_SOURCE_LOOP": "yes", "FER_EDGE_SMOOTHING_ALPHA": "0.5",
+                              "FER_EDGE_MQTT_USERNAME": "cam", "FER_EDGE_MQTT_PASSWORD": " s3cret "})
+    assert config.source.loop is True and config.smoothing.alpha == 0.5
+    assert config.mqtt.password == " s3cret "  # strings are taken verbatim
+
+
+def test_secrets_are_refused_on_the_command_line():
+    with pytest.raises(ConfigError, match="mqtt.password is a secret"):
+        resolve({"mqtt.password": "hunter2"})
+
+
+def test_every_key_round_trips_through_toml():
+    config = resolve(environ={"FER_EDGE_MQTT_USERNAME": "u", "FER_EDGE_MQTT_PASSWORD": "p"})
+    document = tomllib.loads(config.to_toml(mask_secrets=False))
+    flat = {f"{t}.{k}": v for t, table in document.items() if isinstance(table, dict) for k, v in table.items()}
+    flat.update({k: v for k, v in document.items() if not isinstance(v, dict)})
+    assert set(flat) == set(ALL_KEYS)
+    assert all(flat[key] == config.get(key) for key in ALL_KEYS)
+    assert DaemonConfig().to_toml() == resolve().to_toml()
+
+
+def test_check_config_prints_masked_config(tmp_path, files):
+    model, video = files
+    path = write_toml(tmp_path, f'camera_id = "hall"\n[mqtt]\nhost = "broker.lan"\nusername = "cam"\n'
+                                f'password = "hunter2"\n[model]\npath = "{model}"\n')
+    result = CliRunner().invoke(main, ["daemon", "--config", str(path), "--source", str(video), "--check-config"],
+                                env={"FER_EDGE_MQTT_PORT": "8883"})
+    assert result.exit_code == 0, result.output
+    assert "hunter2" not in result.output
+    printed = tomllib.loads(result.output)
+    assert printed["mqtt"]["password"] == "********"
+    assert printed["mqtt"]["port"] == 8883 and printed["camera_id"] == "hall"
+    assert printed["source"]["uri"] == str(video)
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--mqtt-password", "x"], 2, "--mqtt-password"),
+    (["--colour", "red"], 2, "--colour"),
+    (["--mqtt-port", "abc"], 2, "'abc' is not a valid integer"),
+    (["--mqtt-port", "70000"], 1, "mqtt.port: expected a port number 1..65535, got 70000 (command line)"),
+    (["--source", "/no/such/video.mp4"], 1, "source.uri: no such file, camera or stream"),
+    (["--model", "/no/such/model.tflite"], 1, "model.path: no such file: /no/such/model.tflite"),
+])
+def test_bad_command_line_is_one_clear_error(files, args, code, message):
+    model, video = files
+    base = ["daemon", "--source", str(video), "--model", str(model), "--check-config"]
+    result = CliRunner().invoke(main, base + args)
+    assert result.exit_code == code
+    assert message in result.output
+    if code == 2:
+        assert "No such option" in result.output or "not a valid" in result.output
+    if code == 1:
+        assert result.output.count("\n") == 1  # one line: "Error: ..."
