@@ -1,0 +1,123 @@
+"""Classify face crops into the seven FER2013 emotions with one TFLite interpreter."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fer_edge import metadata, spec
+from fer_edge.edge_runtime.errors import ModelError
+from fer_edge.edge_runtime.interpreter import make_interpreter
+
+# The model that ships inside the package (added by the release; absent in a source checkout).
+SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "models" / "fer_edge_int8.tflite"
+
+
+@dataclass
+class ClassifierOptions:
+    """How to load and run an emotion model."""
+
+    model_path: str | Path
+    """The `.tflite` model: int8 (as exported by fer-edge) or float32."""
+
+    num_threads: int | None = None
+    """CPU threads for the interpreter; None uses every core."""
+
+    device: str = "cpu"
+    """`cpu`, `edgetpu`, `edgetpu:usb` or `edgetpu:pci`."""
+
+    fallback_cpu: bool = False
+    """Run on the CPU, with a warning, when the Edge TPU cannot be used."""
+
+    verify_sha256: str | None = None
+    """Expected sha256 of the model file (from its model card); a mismatch refuses the model."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class EmotionClassifier:
+    """Owns one interpreter and turns face crops into per-class probabilities."""
+
+    def __init__(self, options: ClassifierOptions):
+        self.options = options
+        path = Path(options.model_path)
+        if options.verify_sha256 and path.is_file() and _sha256(path) != options.verify_sha256.lower():
+            raise ModelError(f"{path}: sha256 does not match the expected {options.verify_sha256}")
+        self.metadata = metadata.read(path) if path.is_file() else None
+        self._check_metadata(path)
+        self._interpreter = make_interpreter(path, options.num_threads, options.device, options.fallback_cpu)
+        try:
+            self._interpreter.allocate_tensors()
+        except RuntimeError as error:  # e.g. an Edge TPU-compiled model on a CPU without the delegate
+            raise ModelError(f"cannot prepare model {path}: {str(error).strip()}") from error
+        self._input = self._interpreter.get_input_details()[0]
+        self._output = self._interpreter.get_output_details()[0]
+        self._check_tensors(path)
+        # Our int8 exports have a fixed batch of 1 (a dynamic batch adds int32 shape ops); models
+        # with a dynamic batch get all faces of a frame in one invoke.
+        self._dynamic_batch = int(self._input["shape_signature"][0]) == -1
+        self._batch = int(self._input["shape"][0])
+        names = (self.metadata or {}).get("class_names") or spec.CLASS_NAMES
+        self.class_names: tuple[str, ...] = tuple(names)
+
+    def _check_metadata(self, path: Path) -> None:
+        if self.metadata is None:
+            return
+        preprocessing = self.metadata.get("preprocessing")
+        if preprocessing is not None and preprocessing != spec.PREPROCESSING:
+            raise ModelError(f"{path} expects preprocessing {preprocessing}, this runtime feeds {spec.PREPROCESSING}")
+        names = self.metadata.get("class_names")
+        if names is not None and len(names) != spec.NUM_CLASSES:
+            raise ModelError(f"{path} has {len(names)} classes, expected {spec.NUM_CLASSES}")
+
+    def _check_tensors(self, path: Path) -> None:
+        shape = tuple(int(d) for d in self._input["shape"][1:])
+        if shape != spec.INPUT_SHAPE:
+            raise ModelError(f"{path} takes input {shape}, this runtime feeds {spec.INPUT_SHAPE} grayscale faces")
+        if self._input["dtype"] not in (np.int8, np.uint8, np.float32):
+            raise ModelError(f"{path} takes {np.dtype(self._input['dtype']).name} input; expected int8, uint8 or float32")
+        if int(self._output["shape"][-1]) != spec.NUM_CLASSES:
+            raise ModelError(f"{path} outputs {int(self._output['shape'][-1])} values, expected {spec.NUM_CLASSES}")
+
+    def _preprocess(self, faces) -> np.ndarray:
+        """Face crops -> the model's input tensor, quantized with its own scale and zero-point."""
+        x = spec.preprocess_faces(faces)
+        scale, zero_point = self._input["quantization"]
+        if self._input["dtype"] == np.float32:
+            return x
+        return spec.quantize(x, scale, zero_point, self._input["dtype"])
+
+    def _postprocess(self, raw: np.ndarray) -> np.ndarray:
+        """Model output -> float32 probabilities, dequantized when the model is quantized."""
+        scale, zero_point = self._output["quantization"]
+        if self._output["dtype"] == np.float32:
+            return raw.astype(np.float32)
+        return spec.dequantize(raw, scale, zero_point)
+
+    def _invoke(self, batch: np.ndarray) -> np.ndarray:
+        if batch.shape[0] != self._batch:
+            self._interpreter.resize_tensor_input(self._input["index"], batch.shape)
+            self._interpreter.allocate_tensors()
+            self._batch = batch.shape[0]
+        self._interpreter.set_tensor(self._input["index"], batch)
+        self._interpreter.invoke()
+        return self._interpreter.get_tensor(self._output["index"])
+
+    def classify(self, faces) -> np.ndarray:
+        """Return (N, 7) float32 probabilities for N face crops (gray or BGR, any size)."""
+        if len(faces) == 0:
+            return np.zeros((0, spec.NUM_CLASSES), np.float32)
+        x = self._preprocess(faces)
+        if self._dynamic_batch:
+            raw = self._invoke(x)
+        else:
+            raw = np.concatenate([self._invoke(x[i:i + 1]) for i in range(len(x))])
+        return self._postprocess(raw.reshape(len(x), spec.NUM_CLASSES))

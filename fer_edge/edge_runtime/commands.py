@@ -1,0 +1,168 @@
+"""The device-side verbs: `fer-edge predict` and `fer-edge demo`.
+
+Only numpy is imported at start-up; OpenCV and the TFLite runtime load when a verb runs, so
+`fer-edge --help` works wherever the package is installed.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import re
+import sys
+from pathlib import Path
+
+import click
+
+from fer_edge.edge_runtime.classifier import SHIPPED_MODEL
+from fer_edge.edge_runtime.detection import DETECTORS
+from fer_edge.edge_runtime.interpreter import DEVICES
+
+SAMPLE_IMAGE = Path(__file__).resolve().parents[1] / "assets" / "astronaut.jpg"
+
+
+def runtime_options(command):
+    """Options shared by the verbs that load a model and a detector."""
+    options = [
+        click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help=f"Emotion model (.tflite, int8 or float32). Default: the shipped {SHIPPED_MODEL.name}."),
+        click.option("--sha256", "verify_sha256", default=None, metavar="HEX",
+                     help="Refuse the model unless its sha256 is HEX (from its model card)."),
+        click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads. Default: all cores."),
+        click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
+                     help="Run the emotion model on the CPU or a Coral Edge TPU."),
+        click.option("--fallback-cpu", is_flag=True, help="Use the CPU, with a warning, if the Edge TPU is unavailable."),
+        click.option("--detector", type=click.Choice(sorted(DETECTORS)), default="blazeface", show_default=True,
+                     help="Face detector."),
+        click.option("--detector-model", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+                     help="Detector model file. Default: the one installed with its package."),
+        click.option("--detect-width", type=click.IntRange(min=32), default=320, show_default=True,
+                     help="Downscale wider frames to this width for detection."),
+    ]
+    return functools.reduce(lambda cmd, option: option(cmd), reversed(options), command)
+
+
+def build_pipeline(model_path, verify_sha256, threads, device, fallback_cpu, detector, detector_model, detect_width,
+                   detect_every=1):
+    """An EmotionPipeline from the command-line options; problems become one-line click errors."""
+    from fer_edge.edge_runtime.classifier import ClassifierOptions, EmotionClassifier
+    from fer_edge.edge_runtime.detection import create_detector
+    from fer_edge.edge_runtime.errors import FerEdgeError
+    from fer_edge.edge_runtime.pipeline import EmotionPipeline, PipelineOptions
+
+    if model_path is None and not SHIPPED_MODEL.is_file():
+        raise click.UsageError(f"no model is shipped at {SHIPPED_MODEL} in this install: pass --model PATH.tflite")
+    try:
+        classifier = EmotionClassifier(ClassifierOptions(model_path or SHIPPED_MODEL, threads, device, fallback_cpu,
+                                                         verify_sha256))
+        face_detector = create_detector(detector, detector_model)
+    except FerEdgeError as error:
+        raise click.ClickException(str(error)) from error
+    options = PipelineOptions(detector=detector, detector_model=detector_model, detect_width=detect_width,
+                              detect_every=detect_every)
+    return EmotionPipeline(classifier, face_detector, options)
+
+
+class AnnotationWriter:
+    """Writes annotated frames of one source into a folder: an image for an image, an .mp4 otherwise."""
+
+    def __init__(self, folder: Path, source: str, fps: float | None, taken: set[str]):
+        from fer_edge.edge_runtime.sources import is_camera, is_image
+
+        stem = re.sub(r"[^\w.-]+", "_", source).strip("_") if is_camera(source) else Path(source).stem
+        suffix = Path(source).suffix.lower() if is_image(source) else ".mp4"
+        name, n = stem + suffix, 1
+        while name in taken:  # two inputs with the same name from different folders
+            name, n = f"{stem}-{n}{suffix}", n + 1
+        taken.add(name)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path, self.fps, self._video = folder / name, fps or 15.0, None
+
+    def write(self, image) -> None:
+        import cv2
+
+        if self.path.suffix != ".mp4":
+            cv2.imwrite(str(self.path), image)
+            return
+        if self._video is None:
+            size = (image.shape[1], image.shape[0])
+            self._video = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, size)
+        self._video.write(image)
+
+    def close(self) -> None:
+        if self._video is not None:
+            self._video.release()
+
+
+@click.command()
+@click.argument("sources", nargs=-1, required=True)
+@runtime_options
+@click.option("--detect-every", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Detect faces on every Nth video frame and reuse the boxes in between.")
+@click.option("--annotate", "annotate_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write annotated images (boxes and emotions drawn on each input; videos and cameras as .mp4) "
+                   "into DIR. This saves pictures of faces to disk.")
+def predict(sources, annotate_dir, **options):
+    """Classify the emotions of faces in images, folders, videos, cameras (0, /dev/video0), rtsp:// streams or
+    `picamera`.
+
+    Prints one JSON line per frame on stdout: source, frame, faces (label, box, score, probabilities) and
+    timings_ms. Inputs that cannot be read are reported on stderr and skipped; the exit status is 1 only
+    when no frame at all could be processed.
+    """
+    from tqdm import tqdm
+
+    from fer_edge.edge_runtime.drawing import annotate
+    from fer_edge.edge_runtime.errors import SourceError
+    from fer_edge.edge_runtime.sources import expand, is_image, probe, read_frames
+
+    pipeline = build_pipeline(**options)
+    paths = expand(list(sources))
+    probes = {source: probe(source) for source in paths}
+    counts = [frames for frames, _ in probes.values()]
+    total = None if None in counts else sum(counts)
+    processed, taken = 0, set()
+    # A bar for a single image would be noise; folders, videos and cameras get one on stderr.
+    with tqdm(total=total, unit="frame", file=sys.stderr, disable=len(paths) == 1 and is_image(paths[0])) as bar:
+        for source in paths:
+            pipeline.reset()
+            writer = AnnotationWriter(annotate_dir, source, probes[source][1], taken) if annotate_dir else None
+            try:
+                for index, frame in enumerate(read_frames(source)):
+                    result = pipeline.process(frame)
+                    click.echo(json.dumps({"source": source, "frame": index, **result.to_dict()}))
+                    if writer:
+                        writer.write(annotate(frame, result))
+                    processed += 1
+                    bar.update()
+            except SourceError as error:
+                bar.write(f"fer-edge predict: skipped {source}: {error}", file=sys.stderr)
+            finally:
+                if writer:
+                    writer.close()
+    if processed == 0:
+        raise click.ClickException("no frame could be processed")
+
+
+@click.command()
+@runtime_options
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("fer_edge_demo.jpg"),
+              show_default=True, help="Where to write the annotated sample image (saves an image).")
+def demo(out, **options):
+    """Run the model on the shipped sample photo: print each face's emotions and timings, save an annotated copy."""
+    import cv2
+
+    from fer_edge.edge_runtime.drawing import annotate
+
+    pipeline = build_pipeline(**options)
+    image = cv2.imread(str(SAMPLE_IMAGE))
+    pipeline.process(image)  # warm-up: the first invoke also prepares the kernels
+    pipeline.reset()
+    result = pipeline.process(image)
+    click.echo(f"{SAMPLE_IMAGE.name}: {len(result.faces)} face(s)")
+    for face in result.faces:
+        ranked = sorted(zip(face.class_names, face.probabilities), key=lambda item: -item[1])
+        click.echo(f"  box {face.box}: {face.label}  (" + ", ".join(f"{n} {p:.0%}" for n, p in ranked[:3]) + ")")
+    click.echo("  time: " + ", ".join(f"{stage} {ms:.2f} ms" for stage, ms in result.timings_ms.items()))
+    if not cv2.imwrite(str(out), annotate(image, result)):
+        raise click.ClickException(f"cannot write {out}")
+    click.echo(f"wrote {out}")

@@ -1,0 +1,85 @@
+"""Create a TFLite interpreter on the CPU or on a Coral Edge TPU, whichever runtime is installed.
+
+LiteRT (`ai-edge-litert`) is preferred; `tflite-runtime` and TensorFlow's `tf.lite` are
+fallbacks, imported only when the former is missing so a device never needs TensorFlow.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import warnings
+from pathlib import Path
+
+from fer_edge.edge_runtime.errors import EdgeTpuUnavailableError, ModelError, RuntimeMissingError
+
+DEVICES = ("cpu", "edgetpu", "edgetpu:usb", "edgetpu:pci")
+
+# File names of the Edge TPU runtime library (Coral's `libedgetpu`) per operating system.
+EDGETPU_LIBRARIES = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}
+
+
+def _runtime():
+    """Return (Interpreter, load_delegate) from the first TFLite runtime that imports."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter, load_delegate
+    except ImportError:
+        pass
+    else:
+        return Interpreter, load_delegate
+    try:
+        from tflite_runtime.interpreter import Interpreter, load_delegate
+    except ImportError:
+        pass
+    else:
+        return Interpreter, load_delegate
+    try:
+        import tensorflow as tf
+    except ImportError:
+        raise RuntimeMissingError(
+            "no TFLite runtime found: install one with `pip install 'fer-edge[edge]'` (ai-edge-litert)"
+        ) from None
+    return tf.lite.Interpreter, tf.lite.experimental.load_delegate
+
+
+def _edgetpu_delegate(device: str, load_delegate):
+    """Load the Edge TPU delegate for `edgetpu`, `edgetpu:usb` or `edgetpu:pci`."""
+    library = EDGETPU_LIBRARIES.get(platform.system(), EDGETPU_LIBRARIES["Linux"])
+    _, _, kind = device.partition(":")
+    options = {"device": kind} if kind else {}
+    try:
+        return load_delegate(library, options)
+    except (ValueError, OSError, RuntimeError) as error:
+        raise EdgeTpuUnavailableError(
+            f"cannot use the Edge TPU ({device}): {library} failed to load or found no device "
+            f"({str(error).strip() or type(error).__name__}); install Coral's libedgetpu and plug in "
+            "the accelerator, or run with device 'cpu' / fallback to CPU"
+        ) from error
+
+
+def make_interpreter(model_path: str | Path, num_threads: int | None = None, device: str = "cpu",
+                     fallback_cpu: bool = False):
+    """Return an interpreter for `model_path`, not yet allocated (callers may resize inputs first).
+
+    `num_threads=None` uses every CPU core. `device` is one of DEVICES; when the Edge TPU cannot be
+    used, `fallback_cpu=True` warns and runs on the CPU instead of raising EdgeTpuUnavailableError.
+    A missing or unreadable model raises ModelError.
+    """
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}: choose one of {', '.join(DEVICES)}")
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise ModelError(f"model file not found: {model_path}")
+    Interpreter, load_delegate = _runtime()
+    delegates = []
+    if device != "cpu":
+        try:
+            delegates.append(_edgetpu_delegate(device, load_delegate))
+        except EdgeTpuUnavailableError as error:
+            if not fallback_cpu:
+                raise
+            warnings.warn(f"{error}; falling back to the CPU", RuntimeWarning, stacklevel=2)
+    try:
+        return Interpreter(model_path=str(model_path), num_threads=num_threads or os.cpu_count(),
+                           experimental_delegates=delegates or None)
+    except (ValueError, RuntimeError) as error:
+        raise ModelError(f"cannot load model {model_path}: {str(error).strip()}") from error

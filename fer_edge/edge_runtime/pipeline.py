@@ -1,0 +1,142 @@
+"""Frame in, faces with emotions out: detect faces, crop them like FER2013, classify them."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fer_edge import spec
+from fer_edge.edge_runtime.classifier import EmotionClassifier
+from fer_edge.edge_runtime.detection import Detection, FaceDetector, create_detector
+
+
+@dataclass
+class PipelineOptions:
+    """How frames are searched for faces and how faces are cropped."""
+
+    detector: str = "blazeface"
+    """Detector created when none is passed to the pipeline: `blazeface` or `haar`."""
+
+    detector_model: str | Path | None = None
+    """Model file of that detector; None uses the one installed with its package."""
+
+    detect_width: int | None = 320
+    """Frames wider than this are downscaled to it for detection and boxes mapped back; None keeps full size."""
+
+    detect_every: int = 1
+    """Run the detector on every Nth frame and carry its boxes over to the frames in between."""
+
+    margin: float | None = None
+    """Crop margin as a fraction of the box side; None uses the detector's own `crop_margin`."""
+
+    min_face: int = 24
+    """Faces smaller than this (pixels of the original frame) are ignored: too few pixels for 48x48."""
+
+
+@dataclass
+class FaceResult:
+    """One face and its emotion."""
+
+    box: tuple[int, int, int, int]
+    """(x, y, width, height) of the detected face in frame pixels."""
+
+    score: float
+    """Detector confidence."""
+
+    label: str
+    """Most probable emotion."""
+
+    probabilities: np.ndarray
+    """Probability per class, in `class_names` order."""
+
+    class_names: tuple[str, ...] = spec.CLASS_NAMES
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "box": [int(v) for v in self.box], "score": round(float(self.score), 4),
+                "probabilities": {name: round(float(p), 4) for name, p in zip(self.class_names, self.probabilities)}}
+
+
+@dataclass
+class FrameResult:
+    """Everything found in one frame."""
+
+    faces: list[FaceResult]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    """Milliseconds spent on `detect`, `preprocess`, `classify` and in `total`."""
+
+    def to_dict(self) -> dict:
+        return {"faces": [face.to_dict() for face in self.faces],
+                "timings_ms": {stage: round(ms, 3) for stage, ms in self.timings_ms.items()}}
+
+
+def square_crop(box: tuple[int, int, int, int], margin: float, shift: float,
+                shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """Square (x0, y0, x1, y1) around a box, grown by `margin` of its side, its centre moved down by
+    `shift` of the side, then moved and clamped into the image.
+
+    FER2013 faces are tight square crops; a square keeps the aspect ratio the model was trained on.
+    """
+    x, y, w, h = box
+    height, width = shape[:2]
+    side = max(1, round(max(w, h) * (1 + margin)))
+    x0, y0 = round(x + w / 2 - side / 2), round(y + h / 2 + shift * max(w, h) - side / 2)
+    # Shift the square inside the image before clamping, so faces at an edge stay square when they can.
+    x0, y0 = max(0, min(x0, width - side)), max(0, min(y0, height - side))
+    return x0, y0, min(width, x0 + side), min(height, y0 + side)
+
+
+class EmotionPipeline:
+    """Runs detection and classification on a stream of frames; one instance per stream."""
+
+    def __init__(self, classifier: EmotionClassifier, detector: FaceDetector | None = None,
+                 options: PipelineOptions | None = None):
+        self.options = options or PipelineOptions()
+        self.classifier = classifier
+        self.detector = detector or create_detector(self.options.detector, self.options.detector_model)
+        self.margin = self.detector.crop_margin if self.options.margin is None else self.options.margin
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget carried-over boxes, e.g. before a new video."""
+        self._frame_index = 0
+        self._detections: list[Detection] = []
+
+    def _detect(self, gray: np.ndarray) -> list[Detection]:
+        scale = 1.0
+        if self.options.detect_width and gray.shape[1] > self.options.detect_width:
+            import cv2
+
+            scale = self.options.detect_width / gray.shape[1]
+            gray = cv2.resize(gray, (self.options.detect_width, max(1, round(gray.shape[0] * scale))),
+                              interpolation=cv2.INTER_AREA)
+        found = []
+        for detection in self.detector.detect(gray):
+            box = tuple(round(v / scale) for v in detection.box)
+            if min(box[2], box[3]) >= self.options.min_face:
+                found.append(Detection(box, detection.score))
+        return found
+
+    def process(self, frame: np.ndarray) -> FrameResult:
+        """Find the faces in a BGR or gray frame and classify their emotions."""
+        start = time.perf_counter()
+        gray = spec.to_gray(frame)
+        converted = time.perf_counter()
+        if self._frame_index % max(1, self.options.detect_every) == 0:
+            self._detections = self._detect(gray)
+        self._frame_index += 1
+        detected = time.perf_counter()
+        crops = []
+        for detection in self._detections:
+            x0, y0, x1, y1 = square_crop(detection.box, self.margin, self.detector.crop_shift, gray.shape)
+            crops.append(spec.resize_face(gray[y0:y1, x0:x1]))
+        cropped = time.perf_counter()
+        probabilities = self.classifier.classify(np.stack(crops) if crops else [])
+        done = time.perf_counter()
+        names = self.classifier.class_names
+        faces = [FaceResult(d.box, d.score, names[int(np.argmax(p))], p, names)
+                 for d, p in zip(self._detections, probabilities)]
+        ms = lambda seconds: seconds * 1000.0  # noqa: E731
+        return FrameResult(faces, {"detect": ms(detected - converted), "preprocess": ms(converted - start + cropped - detected),
+                                   "classify": ms(done - cropped), "total": ms(done - start)})
