@@ -31,3 +31,6 @@ from fer_edge.train.commands import compare, data, evaluate, models, train  # no
 
 for _command in (data, models, train, evaluate, compare):
     main.add_command(_command)
+
+from fer_edge.edge_runtime.daemon.command import daemon  # noqa: E402
+main.add_command(daemon)
