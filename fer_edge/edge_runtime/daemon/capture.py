@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Generator
@@ -73,6 +74,9 @@ class FrameGrabber:
         self._taken = 0
         self._stopping = threading.Event()
         self.status = SourceStatus(STARTING, since=time.time())
+        # State changes, oldest first, for the daemon to turn into events: a short loss between
+        # two polls is still reported, with the error that caused it. Bounded: it is drained often.
+        self.changes: deque[SourceStatus] = deque(maxlen=32)
         self.last_frame_at: float | None = None
         """time.monotonic() of the newest frame."""
         self._thread = threading.Thread(target=self._run, name="fer-edge-capture", daemon=True)
@@ -100,6 +104,8 @@ class FrameGrabber:
 
     def _set_status(self, state: str, error: str = "") -> None:
         if state != self.status.state or error != self.status.error:
+            if state != self.status.state:
+                self.changes.append(SourceStatus(state, error, time.time()))
             self.status = SourceStatus(state, error, time.time())
             self.metrics.source_up.set(1 if state == OK else 0)
             (log.warning if state == LOST else log.info)("source %s: %s%s", self.config.uri, state,

@@ -49,8 +49,9 @@ class MqttPublisher:
                            keyfile=config.tls_key or None)
         client.will_set(self.topic("availability"), OFFLINE, qos=config.qos, retain=True)
         client.reconnect_delay_set(config.retry_min_s, config.retry_max_s)
-        # Bounds paho's own queue of unacknowledged QoS 1/2 messages too (counted as drops beyond it).
-        client.max_queued_messages_set(config.buffer)
+        # paho's own queue of unacknowledged QoS 1/2 messages is bounded too (drops beyond it are
+        # counted), with room for a full flush of our buffer on top of what was in flight at a drop.
+        client.max_queued_messages_set(2 * config.buffer)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         self._client = client

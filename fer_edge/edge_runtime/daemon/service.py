@@ -126,18 +126,19 @@ class Daemon:
     # --- the loop -------------------------------------------------------------------------------
 
     def _watch_source(self) -> bool:
-        """Turn a change of the source's state into events; True if it changed."""
-        status = self.grabber.status
-        if status.state == self._source_state:
-            return False
-        previous, self._source_state = self._source_state, status.state
-        if status.state == LOST:
-            self._emit([{"type": "source_lost", "error": status.error}] + self.tracker.clear())
-        elif status.state == OK and previous == LOST:
-            self._emit([{"type": "source_restored"}])
-        elif status.state == ENDED:
-            self._emit([{"type": "source_ended"}])
-        return True
+        """Turn the source's state changes into events; True if there were any."""
+        changed = False
+        while self.grabber.changes:
+            status = self.grabber.changes.popleft()
+            previous, self._source_state = self._source_state, status.state
+            changed = True
+            if status.state == LOST:
+                self._emit([{"type": "source_lost", "error": status.error}] + self.tracker.clear())
+            elif status.state == OK and previous == LOST:
+                self._emit([{"type": "source_restored"}])
+            elif status.state == ENDED:
+                self._emit([{"type": "source_ended"}])
+        return changed
 
     def _process(self, frame) -> bool:
         result = self.pipeline.process(frame)
