@@ -35,3 +35,8 @@ for _command in (data, models, train, evaluate, compare):
 from fer_edge.edge_runtime.daemon.command import daemon  # noqa: E402
 main.add_command(daemon)
 from fer_edge.edge_runtime.commands import demo, predict; main.add_command(demo); main.add_command(predict)  # noqa: E402,E702
+
+from fer_edge.convert.commands import benchmark, convert, inspect_command  # noqa: E402
+main.add_command(convert)
+main.add_command(inspect_command)
+main.add_command(benchmark)

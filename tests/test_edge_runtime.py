@@ -44,54 +44,6 @@ def test_faces(fer2013):
     return faces[np.random.default_rng(0).permutation(len(faces))]
 
 
-# --- temporary: delete from here to "end temporary" once tests/conftest.py provides the
-# session fixtures int8_model_path and float_tflite_path (trained with the project's own verbs).
-@pytest.fixture(scope="session")
-def _tmp_models(tmp_path_factory):
-    if not DATA.is_file():
-        pytest.skip(f"FER2013 not found at {DATA} (set $FER_EDGE_DATA)")
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    import tensorflow as tf
-    import tf_keras as keras
-
-    data = np.load(DATA)
-    train = np.random.default_rng(0).permutation(np.flatnonzero(data["usage"] == "Training"))[:8000]
-    x, y = spec.preprocess_faces(data["images"][train]), data["labels"][train]
-    keras.utils.set_random_seed(0)
-    layers = [keras.layers.Conv2D(32, 3, activation="relu", padding="same"), keras.layers.MaxPooling2D(),
-              keras.layers.Conv2D(64, 3, activation="relu", padding="same"), keras.layers.MaxPooling2D(),
-              keras.layers.Conv2D(96, 3, activation="relu", padding="same"), keras.layers.MaxPooling2D(),
-              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(spec.NUM_CLASSES, activation="softmax")]
-    model = keras.Sequential([keras.layers.Input(spec.INPUT_SHAPE)] + layers)
-    model.compile("adam", "sparse_categorical_crossentropy")
-    model.fit(x, y, epochs=4, batch_size=64, verbose=0)
-    folder = tmp_path_factory.mktemp("models")
-    paths = {}
-    for name, int8 in (("int8", True), ("float", False)):
-        # int8 as exported for devices: fixed batch of 1, int8 in and out; float keeps a dynamic batch.
-        net = keras.Sequential([keras.layers.Input(spec.INPUT_SHAPE, batch_size=1)] + layers) if int8 else model
-        converter = tf.lite.TFLiteConverter.from_keras_model(net)
-        if int8:
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            converter.representative_dataset = lambda: ([x[i:i + 1]] for i in range(300))
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            converter.inference_input_type = converter.inference_output_type = tf.int8
-        paths[name] = folder / f"tmp_{name}.tflite"
-        paths[name].write_bytes(metadata.embed(converter.convert(), {
-            "name": f"tmp_{name}", "version": "0", "class_names": list(spec.CLASS_NAMES),
-            "input_shape": [1, *spec.INPUT_SHAPE], "preprocessing": spec.PREPROCESSING}))
-    return paths
-
-
-@pytest.fixture(scope="session")
-def int8_model_path(_tmp_models):
-    return _tmp_models["int8"]
-
-
-@pytest.fixture(scope="session")
-def float_tflite_path(_tmp_models):
-    return _tmp_models["float"]
-# --- end temporary
 
 
 @pytest.fixture(scope="module")

@@ -85,8 +85,7 @@ def make_strategy(logical_cpus: int = 0):
     """MultiWorkerMirrored from TF_CONFIG, Mirrored across local GPUs (or logical CPUs), else default."""
     if os.environ.get("TF_CONFIG"):
         return tf.distribute.MultiWorkerMirroredStrategy()
-    gpus = tf.config.list_logical_devices("GPU")
-    if len(gpus) > 1:
+    if len(tf.config.list_physical_devices("GPU")) > 1:
         return tf.distribute.MirroredStrategy()
     if logical_cpus > 1:
         cpu = tf.config.list_physical_devices("CPU")[0]
@@ -141,8 +140,8 @@ class RunCheckpoint(tf.keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = {k: float(v) for k, v in (logs or {}).items()}
-        logs["lr"] = float(self.model.optimizer.learning_rate(self.model.optimizer.iterations)) \
-            if callable(self.model.optimizer.learning_rate) else float(self.model.optimizer.learning_rate)
+        lr = self.model.optimizer.learning_rate
+        logs["lr"] = float(tf.keras.backend.get_value(lr(self.model.optimizer.iterations) if callable(lr) else lr))
         st = self.state
         st["history"].append({"epoch": epoch + 1, **logs})
         if logs[self.monitor] > st["best"]:
@@ -195,9 +194,9 @@ def train(cfg: TrainConfig, resume: bool = False, dataset: FerDataset | None = N
     x_train, y_train = preprocess_faces(ds.images[tr]), ds.labels[tr].astype(np.int64)
     x_val, y_val = preprocess_faces(ds.images[va]), ds.labels[va].astype(np.int64)
 
+    strategy = make_strategy(cfg.logical_cpus)  # first: logical devices must precede any TF context use
     precision = resolve_precision(cfg.precision)
     set_precision(precision)
-    strategy = make_strategy(cfg.logical_cpus)
     train_ds, steps = train_dataset(x_train, one_hot(y_train), y_train, cfg, state["epoch"])
     with strategy.scope():
         model = build_model(cfg.model, cfg.preset, **cfg.overrides)
