@@ -44,43 +44,6 @@ CAMERA = "cam1"
 FACE_BOXES = [(30, 50, 150, 150), (290, 50, 150, 150)]
 
 
-# TEMPORARY fallback: tests/conftest.py is to provide the session fixture `int8_model_path` (a small
-# model trained and converted with the project's own commands). Until it does, a throwaway int8
-# model is trained here; this block is skipped as soon as conftest.py defines the fixture.
-_conftest = Path(__file__).with_name("conftest.py")
-if "def int8_model_path" not in (_conftest.read_text() if _conftest.is_file() else ""):
-    @pytest.fixture(scope="session")
-    def int8_model_path(tmp_path_factory, pytestconfig):
-        if not DATA.is_file():
-            pytest.skip(f"FER2013 not found at {DATA}")
-        cache = getattr(pytestconfig, "cache", None)  # reused across runs where pytest's cache is on
-        path = (cache.mkdir("fer-edge-daemon-model") if cache else tmp_path_factory.mktemp("model")) / "tiny.tflite"
-        if path.is_file():
-            return path
-        tf = pytest.importorskip("tensorflow")
-        import tf_keras as keras
-
-        data = np.load(DATA)
-        train = data["usage"] == "Training"
-        x = data["images"][train][:6000].astype("float32")[..., None] / 255.0
-        y = data["labels"][train][:6000]
-        model = keras.Sequential([keras.layers.Input((48, 48, 1), batch_size=1),
-                                  keras.layers.Conv2D(8, 3, strides=2, activation="relu"),
-                                  keras.layers.Conv2D(16, 3, strides=2, activation="relu"),
-                                  keras.layers.Conv2D(32, 3, strides=2, activation="relu"),
-                                  keras.layers.GlobalAveragePooling2D(),
-                                  keras.layers.Dense(7, activation="softmax")])
-        model.compile("adam", "sparse_categorical_crossentropy")
-        model.fit(x, y, batch_size=128, epochs=2, verbose=0)
-        converter = tf.lite.TFLiteConverter.from_keras_model(model)
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: ([x[i:i + 1]] for i in range(200))
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = converter.inference_output_type = tf.int8
-        path.write_bytes(converter.convert())
-        return path
-
-
 # --- helpers ------------------------------------------------------------------------------------
 
 def free_port() -> int:
@@ -429,7 +392,7 @@ def test_daemon_process_stops_on_sigterm(broker, int8_model_path, video, tmp_pat
     config.write_text(f'camera_id = "{CAMERA}"\n[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\n'
                       f'[output]\nstate_interval_s = 0.3\n')
     broker.start()
-    command = [sys.executable, "-c", "from fer_edge.cli import main; main()", "daemon", "--config", str(config),
+    command = [sys.executable, "-m", "fer_edge", "daemon", "--config", str(config),
                "--source", str(path), "--model", str(int8_model_path), "--loop", "--max-fps", "30",
                "--http-port", str(http_port), "--jsonl", "-"]
     with subscriber(broker.port) as s:
