@@ -41,9 +41,6 @@ class Row:
     def int8(self) -> bool:
         return self.quantization.endswith("int8")
 
-    @property
-    def float_reference(self) -> bool:
-        return self.quantization == "float32"
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k != "top1"}
@@ -97,7 +94,7 @@ def latency_ms(path: Path, face: np.ndarray, runs: int) -> float:
 
 
 def benchmark(refs, images: np.ndarray, labels: np.ndarray, latency_runs: int = 100) -> list[Row]:
-    """Measure every model; agreement is against the first float32 model given (Keras preferred)."""
+    """Measure every model; agreement is against `reference_row`."""
     if not refs:
         raise FerEdgeError("MODEL: give at least one model (run folder, .keras/.h5 or .tflite)")
     rows = [measure(ref, images, labels, latency_runs) for ref in refs]
@@ -109,7 +106,10 @@ def benchmark(refs, images: np.ndarray, labels: np.ndarray, latency_runs: int = 
 
 
 def reference_row(rows: list[Row]) -> Row | None:
-    floats = sorted((r for r in rows if r.float_reference), key=lambda r: r.format != "keras")
+    """The float model the others are compared with: float32 Keras, else float32 TFLite, else a QAT
+    Keras model (still float arithmetic: then the comparison measures its own conversion)."""
+    floats = sorted((r for r in rows if r.quantization in ("float32", "qat")),
+                    key=lambda r: (r.quantization != "float32", r.format != "keras"))
     return floats[0] if floats else None
 
 

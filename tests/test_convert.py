@@ -1,0 +1,183 @@
+"""Conversion side on a really trained small model: QAT, int8 / float32 export, inspect, benchmark."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import REPO, run_cli
+from fer_edge import spec
+from fer_edge.cli import main
+
+
+@pytest.fixture(scope="module")
+def dataset(data_path):
+    from fer_edge.train.data import load_dataset
+
+    return load_dataset(data_path)
+
+
+@pytest.fixture(scope="module")
+def qat_run(small_run, dataset, tmp_path_factory) -> Path:
+    from fer_edge.convert.qat import train_qat
+
+    out = tmp_path_factory.mktemp("qat") / "small_qat"
+    return train_qat(small_run, out, epochs=1, dataset=dataset, train_limit=1000, val_limit=200)
+
+
+@pytest.fixture(scope="module")
+def qat_int8_path(qat_run) -> Path:
+    out = qat_run / "model_int8.tflite"
+    run_cli("convert", qat_run, "--out", out)
+    return out
+
+
+def test_ptq_int8_is_full_integer_with_card(int8_model_path):
+    from fer_edge.convert.export import input_maps_raw_pixels
+    from fer_edge.convert.inspect import inspect_model
+
+    report = inspect_model(int8_model_path)
+    assert report.fully_int8, report.int8_problems()
+    assert not {"QUANTIZE", "DEQUANTIZE", "SHAPE", "STRIDED_SLICE", "PACK"} & {op.name for op in report.ops}
+    assert report.input.shape == (1, *spec.INPUT_SHAPE)
+    # A raw pixel p feeds exactly p - 128: scale 1/255, zero-point -128.
+    assert input_maps_raw_pixels(report), report.input
+    card = report.metadata
+    assert card["quantization"] == "ptq-int8"
+    assert card["class_names"] == list(spec.CLASS_NAMES)
+    assert card["input_shape"] == [1, 48, 48, 1]
+    assert card["input"] == {"dtype": "int8", "scale": report.input.scale, "zero_point": -128}
+    assert card["output"]["dtype"] == "int8"
+    assert card["preprocessing"] == spec.PREPROCESSING
+    assert card["calibration"]["images"] == 200 and card["calibration"]["split"] == "Training"
+    assert {"name", "version", "source_model"} <= set(card)
+    run_cli("inspect", int8_model_path, "--require-int8")
+
+
+def test_int8_agrees_with_float_on_real_faces(small_run, int8_model_path, fer2013):
+    from fer_edge.convert.benchmark import benchmark
+
+    idx = fer2013.subset("PrivateTest", 1000)
+    rows = benchmark([small_run, int8_model_path], fer2013.images[idx], fer2013.labels[idx].astype(np.int64),
+                     latency_runs=0)
+    keras_row, int8_row = rows
+    assert keras_row.accuracy > 1 / spec.NUM_CLASSES + 0.05, "the small model should have learned something"
+    assert len(np.unique(keras_row.top1)) >= 3, "agreement is only meaningful if the model predicts several classes"
+    assert int8_row.agreement >= 0.95, int8_row.to_dict()
+
+
+def test_float32_export_fails_the_int8_requirement(float_tflite_path):
+    from fer_edge.convert.inspect import inspect_model
+
+    report = inspect_model(float_tflite_path)
+    assert report.input.dtype == "float32" and report.input.shape == (1, 48, 48, 1)
+    assert report.metadata["quantization"] == "float32"
+    out = run_cli("inspect", float_tflite_path, "--require-int8", expect=1).output
+    assert "not fully int8" in out and "CONV_2D (float32" in out and str(float_tflite_path) in out
+
+
+def test_qat_wraps_every_layer_and_the_se_multiply():
+    import tensorflow_model_optimization as tfmot
+
+    from fer_edge.convert.qat import SEScaleQuantizeConfig, is_qat_model, quantize_for_training
+    from fer_edge.train.models import build_model
+    from fer_edge.train.tf_setup import tf
+
+    qk = tfmot.quantization.keras
+    model = quantize_for_training(build_model("seresnet", "edge", widths=(8, 8, 8, 8), blocks=(1, 1, 1, 1)))
+    assert is_qat_model(model)
+    inner = [layer for layer in model.layers if not isinstance(layer, tf.keras.layers.InputLayer)]
+    unwrapped = [layer.name for layer in inner[1:] if not isinstance(layer, qk.QuantizeWrapper)]
+    assert unwrapped == [], unwrapped
+    scales = [layer for layer in inner if layer.name.endswith("_se_scale")]
+    assert len(scales) == 4
+    assert all(isinstance(layer.quantize_config, SEScaleQuantizeConfig) for layer in scales)
+
+
+def test_qat_export_quantizes_se_multiply(qat_int8_path):
+    from fer_edge.convert.export import input_maps_raw_pixels
+    from fer_edge.convert.inspect import inspect_model
+
+    report = inspect_model(qat_int8_path)
+    assert report.fully_int8, report.int8_problems()
+    muls = [op for op in report.ops if op.name == "MUL"]
+    assert len(muls) == 4 and all(op.int8 for op in muls)  # one SE gate per residual block
+    assert report.metadata["quantization"] == "qat-int8"
+    assert input_maps_raw_pixels(report), report.input
+
+
+def test_qat_models_reload(qat_run, dataset):
+    from fer_edge.convert.qat import load_qat_run
+    from fer_edge.convert.source import load_source
+
+    faces = spec.preprocess_faces(dataset.images[:16])
+    whole = load_source(qat_run / "qat_model.h5")
+    assert whole.qat and load_source(qat_run).qat
+    np.testing.assert_allclose(whole.model.predict(faces, verbose=0), load_qat_run(qat_run).predict(faces, verbose=0),
+                               atol=1e-6)
+    final = json.loads((qat_run / "final_metrics.json").read_text())
+    assert {"PublicTest", "PrivateTest"} <= set(final)
+
+
+def test_qat_run_resumes_from_its_checkpoint(qat_run, dataset, tmp_path):
+    from fer_edge.convert.qat import train_qat
+    from fer_edge.errors import FerEdgeError
+
+    with pytest.raises(FerEdgeError, match="already holds a run"):
+        train_qat("unused", qat_run, dataset=dataset)
+    run = shutil.copytree(qat_run, tmp_path / "longer")
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "epochs": 2}))
+    train_qat(None, run, resume=True, dataset=dataset)
+    state = json.loads((run / "state.json").read_text())
+    assert [h["epoch"] for h in state["history"]] == [1, 2]
+    assert json.loads((run / "final_metrics.json").read_text())["epochs_run"] == 2
+
+
+def test_benchmark_table_json_and_budget_exit(small_run, float_tflite_path, int8_model_path, data_path, tmp_path):
+    models = [small_run, float_tflite_path, int8_model_path]
+    common = ["--data", data_path, "--limit", "300", "--runs", "5"]
+    report = tmp_path / "bench.json"
+    out = run_cli("benchmark", *models, *common, "--max-acc-drop", "-1", "--json", report, expect=1).output
+    assert "accuracy drop" in out and "--max-acc-drop -1" in out and str(int8_model_path) in out
+    result = json.loads(report.read_text())
+    assert result["images"] == 300 and result["reference"] == str(small_run)
+    rows = {Path(r["model"]).name: r for r in result["models"]}
+    assert rows["model_float32.tflite"]["agreement"] >= 0.99
+    assert rows["model_int8.tflite"]["latency_ms"] > 0 and rows["model_int8.tflite"]["size_bytes"] > 0
+    assert set(rows["model_int8.tflite"]["recall"]) == set(spec.CLASS_NAMES)
+    out = run_cli("benchmark", *models, *common, "--max-f1-drop", "-1", "--max-acc-drop", "100", expect=1).output
+    assert "macro F1 drop" in out
+    run_cli("benchmark", *models, *common, "--max-acc-drop", "100", "--max-f1-drop", "1")
+
+
+def test_int8_budget_script_uses_existing_exports(small_run, float_tflite_path, int8_model_path, data_path):
+    spec_ = importlib.util.spec_from_file_location("int8_budget", REPO / "benchmarks" / "int8_budget.py")
+    script = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(script)
+    result = CliRunner().invoke(script.main, ["--run", str(small_run), "--data", str(data_path), "--limit", "200",
+                                              "--runs", "5", "--max-acc-drop", "-1"])
+    assert result.exit_code == 1 and "accuracy drop" in result.output, result.output
+    assert "building" not in result.output  # the session's exports were reused
+
+
+def test_edgetpu_plan_cuts_at_leaky_relu(int8_model_path):
+    out = run_cli("inspect", int8_model_path, "--target", "edgetpu").output
+    # The edge preset's stem is CONV_2D then LEAKY_RELU: the compiler would stop at op 1.
+    assert "cut at op 1 LEAKY_RELU" in out and "LEAKY_RELU x" in out
+
+
+def test_convert_edgetpu_without_compiler_says_how_to_get_it(small_run, tmp_path):
+    if shutil.which("edgetpu_compiler"):
+        pytest.skip("edgetpu_compiler is installed here")
+    out = tmp_path / "tpu.tflite"
+    result = CliRunner().invoke(main, ["convert", str(small_run), "--edgetpu", "--out", str(out)],
+                                env={"PATH": str(tmp_path)})
+    assert result.exit_code == 1
+    assert "edgetpu_compiler is not on PATH" in result.output and "apt-get install edgetpu-compiler" in result.output
+    assert not out.exists()
