@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 
-class FerEdgeError(Exception):
-    """Base class of every error the edge runtime raises on purpose."""
+from fer_edge.errors import FerEdgeError
+
+__all__ = ["FerEdgeError", "RuntimeMissingError", "ModelError", "EdgeTpuUnavailableError", "SourceError"]
 
 
 class RuntimeMissingError(FerEdgeError):
