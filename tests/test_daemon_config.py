@@ -1,11 +1,14 @@
 """Daemon configuration: precedence, validation, secrets and --check-config (no dataset, no model run)."""
 import tomllib
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from fer_edge.cli import main
 from fer_edge.edge_runtime.daemon.config import ALL_KEYS, ConfigError, DaemonConfig, resolve
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -129,3 +132,11 @@ def test_bad_command_line_is_one_clear_error(files, args, code, message):
         assert "No such option" in result.output or "not a valid" in result.output
     if code == 1:
         assert result.output.count("\n") == 1  # one line: "Error: ..."
+
+
+def test_example_config_documents_every_key_with_its_default():
+    example = REPO / "deploy" / "daemon.example.toml"
+    assert resolve(config_path=example) == DaemonConfig()
+    text = example.read_text()
+    for key in ALL_KEYS:
+        assert f"\n{key.rpartition('.')[2]} = " in text or f"\n# {key.rpartition('.')[2]} = " in text, key

@@ -57,9 +57,6 @@ class SourceConfig:
     uri: str = "0"
     """A V4L2 camera (`0`, `/dev/video0`), `picamera` (Raspberry Pi camera), a video file,
     or an `rtsp://`, `http://` or `https://` stream URL."""
-    width: int = field(default=640, metadata=_positive())
-    """Requested camera resolution; ignored for files and streams."""
-    height: int = field(default=480, metadata=_positive())
     loop: bool = False
     """Restart a video file at its end instead of stopping the daemon."""
     pace: bool = True
