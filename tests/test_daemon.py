@@ -409,7 +409,7 @@ def test_daemon_process_stops_on_sigterm(broker, int8_model_path, video, tmp_pat
             wait_until(lambda: http_get(http_port, "/healthz")[0] == 200, 10, "/healthz 200")
             health = json.loads(http_get(http_port, "/healthz")[1])
             assert health["broker_connected"] is True and health["last_frame_age_s"] < 1
-            assert len(json.loads(http_get(http_port, "/state")[1])["faces"]) == 2
+            wait_until(lambda: len(json.loads(http_get(http_port, "/state")[1])["faces"]) == 2, 5, "/state with 2 faces")
             assert b"fer_edge_frames_processed_total" in http_get(http_port, "/metrics")[1]
         finally:
             start = time.monotonic()

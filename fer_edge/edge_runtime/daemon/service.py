@@ -88,6 +88,10 @@ class Daemon:
         return healthy, {"status": "ok" if healthy else "unhealthy", **details}
 
     def _emit(self, events: list[dict]) -> None:
+        if not events:
+            return
+        # /state must already show what an event announces to whoever reacts to the event.
+        self._state = self._snapshot()
         now = round(time.time(), 3)
         for event in events:
             record = {"camera_id": self.camera_id, "ts": now, **event}
@@ -166,18 +170,18 @@ class Daemon:
             while not self._stopping.is_set():
                 changed = self._watch_source()
                 taken = self.grabber.take(seq, POLL_S)
-                if taken is None:
-                    if self.grabber.status.state == ENDED:
-                        self._watch_source()
-                        break
-                else:
-                    started = time.monotonic()
+                started = time.monotonic()
+                if taken is not None:
                     seq, frame = taken
                     changed = self._process(frame) or changed
-                    # The cap: sleep off the rest of this frame's time slot (interrupted by stop()).
-                    self._stopping.wait(min_period - (time.monotonic() - started))
+                elif self.grabber.status.state == ENDED:
+                    self._watch_source()
+                    break
                 self._publish_state(changed)
                 self._summarize()
+                if taken is not None:
+                    # The cap: sleep off the rest of this frame's time slot (interrupted by stop()).
+                    self._stopping.wait(min_period - (time.monotonic() - started))
         finally:
             self._shutdown()
         return 0
