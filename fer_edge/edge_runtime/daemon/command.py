@@ -8,8 +8,8 @@ import sys
 
 import click
 
-from fer_edge.edge_runtime.daemon.config import ConfigError, DaemonConfig, resolve
-from fer_edge.edge_runtime.errors import FerEdgeError
+from fer_edge.edge_runtime.daemon.config import DaemonConfig, resolve
+from fer_edge.errors import FerEdgeError
 
 # Flag -> config key. Secrets (mqtt.password, mqtt.tls_key) have no flag on purpose: flags are
 # visible to every user in `ps`.
@@ -67,6 +67,7 @@ def daemon(config_path: str | None, check_config: bool, **flags) -> None:
     No frame or face image is written or sent anywhere. Stops cleanly (MQTT `offline`) on SIGTERM
     or Ctrl-C; a non-looped video file stops it at its end.
     """
+    # paho, prometheus-client and LiteRT load only when the verb runs: other verbs stay light.
     from fer_edge.edge_runtime.daemon.capture import check_source
     from fer_edge.edge_runtime.daemon.service import model_path
 
@@ -78,7 +79,7 @@ def daemon(config_path: str | None, check_config: bool, **flags) -> None:
             click.echo(config.to_toml(mask_secrets=True), nl=False)
             return
         sys.exit(_run(config))
-    except (ConfigError, FerEdgeError) as error:
+    except FerEdgeError as error:  # ConfigError included
         raise click.ClickException(str(error)) from None
     except OSError as error:  # e.g. the HTTP port is taken
         raise click.ClickException(f"cannot start: {error}") from None

@@ -1,22 +1,27 @@
 """The daemon's configuration: one dataclass per TOML table, resolved from four layers.
 
 Precedence, highest first: command-line flags, the TOML file (`--config`), environment variables
-(`FER_EDGE_<TABLE>_<KEY>`, or `FER_EDGE_<KEY>` for top-level keys), the defaults below. Every value
-remembers where it came from, so an error names both the key and the place to fix it.
+(`FER_EDGE_<TABLE>_<KEY>`, or `FER_EDGE_<KEY>` for top-level keys), the defaults below. An error names
+the key and where its bad value came from (flag, file or variable), so it is clear what to fix.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
 import json
-import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
+    import tomli as tomllib
+
 from fer_edge.edge_runtime.detection import DETECTORS
 from fer_edge.edge_runtime.pipeline import PipelineOptions
+from fer_edge.errors import FerEdgeError
 
 ENV_PREFIX = "FER_EDGE_"
 
@@ -25,7 +30,7 @@ ENV_PREFIX = "FER_EDGE_"
 SECRET_KEYS = frozenset({"mqtt.password", "mqtt.tls_key"})
 
 
-class ConfigError(ValueError):
+class ConfigError(FerEdgeError):
     """A configuration key is unknown or its value is invalid; the message names the key."""
 
 

@@ -6,7 +6,7 @@ import threading
 import time
 from pathlib import Path
 
-from fer_edge.edge_runtime.classifier import ClassifierOptions, EmotionClassifier
+from fer_edge.edge_runtime.classifier import SHIPPED_MODEL, ClassifierOptions, EmotionClassifier
 from fer_edge.edge_runtime.daemon.capture import ENDED, LOST, OK, FrameGrabber, check_source
 from fer_edge.edge_runtime.daemon.config import ConfigError, DaemonConfig
 from fer_edge.edge_runtime.daemon.http_server import StatusServer
@@ -18,7 +18,6 @@ from fer_edge.edge_runtime.pipeline import EmotionPipeline, PipelineOptions
 
 log = logging.getLogger(__name__)
 
-SHIPPED_MODEL = Path(__file__).resolve().parents[2] / "models" / "fer_edge_int8.tflite"
 STAGES = ("detect", "preprocess", "classify", "total")
 # How long the loop waits for a frame before it checks for a stop request and periodic output.
 POLL_S = 0.2
@@ -68,9 +67,11 @@ class Daemon:
 
     def _snapshot(self) -> dict:
         status = self.grabber.status
+        faces = self.tracker.faces()
+        self.metrics.faces.set(len(faces))
         return {"camera_id": self.camera_id, "ts": round(time.time(), 3),
                 "source": {"state": status.state, "error": status.error, "since": round(status.since, 3)},
-                "faces": self.tracker.faces()}
+                "faces": faces}
 
     def state(self) -> dict:
         """The current faces and source state (what /state serves and MQTT `state` carries)."""
@@ -153,7 +154,6 @@ class Daemon:
         self._summary["frames"] += 1
         self._summary["faces"] += len(result.faces)
         events = self.tracker.update(result.faces, time.time())
-        self.metrics.faces.set(len(self.tracker.faces()))
         self._emit(events)
         return bool(events)
 
