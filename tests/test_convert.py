@@ -62,9 +62,10 @@ def test_ptq_int8_is_full_integer_with_card(int8_model_path):
 def test_int8_agrees_with_float_on_real_faces(small_run, int8_model_path, fer2013):
     from fer_edge.convert.benchmark import benchmark
 
-    idx = fer2013.subset("PrivateTest", 1000)
-    rows = benchmark([small_run, int8_model_path], fer2013.images[idx], fer2013.labels[idx].astype(np.int64),
-                     latency_runs=0)
+    # All 3,589 faces: the small model's softmax is flat (median top probability ~0.28), so most
+    # disagreements are near-ties within one int8 output step (1/256); a subset adds sampling noise.
+    images, labels = fer2013.split("PrivateTest")
+    rows = benchmark([small_run, int8_model_path], images, labels.astype(np.int64), latency_runs=0)
     keras_row, int8_row = rows
     assert keras_row.accuracy > 1 / spec.NUM_CLASSES + 0.05, "the small model should have learned something"
     assert len(np.unique(keras_row.top1)) >= 3, "agreement is only meaningful if the model predicts several classes"

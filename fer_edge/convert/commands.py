@@ -13,9 +13,7 @@ import click
 
 from fer_edge import atomic
 from fer_edge.errors import FerEdgeError
-
-DATA_HELP = "FER2013 as .npz, challenge CSV or image folder (default: $FER_EDGE_DATA or ../shared/data/fer2013/fer2013.npz)"
-SPLITS = ("Training", "PublicTest", "PrivateTest")
+from fer_edge.train.commands import DATA_HELP, SPLITS
 
 
 def default_out(model: Path, int8: bool) -> Path:

@@ -15,7 +15,6 @@ from fer_edge.convert.inspect import ModelReport, inspect_model
 from fer_edge.convert.source import SourceModel
 from fer_edge.errors import FerEdgeError
 
-QUANTIZATIONS = ("qat-int8", "ptq-int8", "float32")
 DEFAULT_CALIBRATION = 500
 
 

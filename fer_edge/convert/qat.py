@@ -121,9 +121,11 @@ def train_qat(from_run: str | Path, out_dir: str | Path, epochs: int = QAT_EPOCH
     Data order, augmentation, per-epoch checkpoints, `state.json`, best-epoch selection on
     PublicTest and early stopping are the float trainer's own (`fer_edge.train.trainer`); only
     the model (the float run's best weights, quantized) and the schedule differ. `overrides`
-    replace other TrainConfig fields (batch_size, patience, train_limit, val_limit, data, seed).
-    `resume=True` continues `out_dir` after its last finished epoch. The run folder ends with
-    `best_weights.h5`, a self-contained `qat_model.h5` and `final_metrics.json`.
+    replace other TrainConfig fields (batch_size, patience, train_limit, val_limit, data, seed;
+    None keeps the float run's value). `resume=True` continues `out_dir` after its last finished
+    epoch with the configuration saved there; `from_run`, `epochs`, `lr` and `overrides` are then
+    ignored. The run folder ends with `best_weights.h5`, a self-contained `qat_model.h5` and
+    `final_metrics.json`.
     """
     run = Path(out_dir)
     state_file = run / trainer.STATE
@@ -139,7 +141,8 @@ def train_qat(from_run: str | Path, out_dir: str | Path, epochs: int = QAT_EPOCH
         if not source.is_file():
             raise FerEdgeError(f"--from: {from_run} is not a training run folder (no config.json)")
         cfg = replace(trainer.TrainConfig.from_dict(json.loads(source.read_text())), out=str(run), epochs=epochs,
-                      lr=lr, warmup_epochs=0.0, precision="float32", logical_cpus=0, **overrides)
+                      lr=lr, warmup_epochs=0.0, precision="float32", logical_cpus=0,
+                      **{k: v for k, v in overrides.items() if v is not None})  # None: keep the float run's
         state = {"epoch": 0, "best": -1.0, "best_epoch": 0, "wait": 0, "history": [], "stopped_early": False}
     if state["stopped_early"] or state["epoch"] >= cfg.epochs:
         print(f"{run}: already finished at epoch {state['epoch']}", file=sys.stderr)

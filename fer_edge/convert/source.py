@@ -28,7 +28,6 @@ def load_source(ref: str | Path) -> SourceModel:
     does not output 7 classes) raises FerEdgeError naming the path.
     """
     from fer_edge.convert import qat
-    from fer_edge.train.tf_setup import tf
     from fer_edge.train.trainer import load_run_model
 
     path = Path(ref)
