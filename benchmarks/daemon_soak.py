@@ -60,12 +60,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def processed_frames(port: int) -> tuple[float, float]:
-    """(frames processed, frames dropped) from the daemon's /metrics."""
+def counters(port: int) -> dict[str, float]:
+    """The daemon's counters from its /metrics, by sample name."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
-    values = {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples}
-    return values["fer_edge_frames_processed_total"], values["fer_edge_frames_dropped_total"]
+    return {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def processed_frames(port: int) -> float:
+    return counters(port)["fer_edge_frames_processed_total"]
 
 
 def usage(pid: int) -> tuple[float, float]:
@@ -76,16 +79,16 @@ def usage(pid: int) -> tuple[float, float]:
     return cpu, rss
 
 
-def wait_for(port: int, frames: float, process: subprocess.Popen, timeout: float) -> float:
+def wait_for(port: int, frames: float, process: subprocess.Popen, timeout: float) -> None:
+    """Wait until the daemon has processed `frames` frames (it may not be listening yet)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise click.ClickException(f"the daemon exited early with status {process.returncode}")
         try:
-            done = processed_frames(port)[0]
-            if done >= frames:
-                return done
-        except OSError:  # not listening yet
+            if processed_frames(port) >= frames:
+                return
+        except OSError:
             pass
         time.sleep(0.5)
     raise click.ClickException(f"timed out waiting for {frames:.0f} processed frames")
@@ -102,8 +105,9 @@ def wait_for(port: int, frames: float, process: subprocess.Popen, timeout: float
 @click.option("--threads", type=int, default=1, show_default=True, help="Interpreter threads.")
 @click.option("--max-growth-mb", type=float, default=20.0, show_default=True,
               help="Fail when RSS grows more than this after warm-up.")
+@click.option("--mqtt-port", type=int, help="Also publish to an MQTT broker on 127.0.0.1 at this port.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the results as JSON.")
-def soak(model, data, frames, warmup, detector, detect_every, threads, max_growth_mb, json_path) -> None:
+def soak(model, data, frames, warmup, detector, detect_every, threads, max_growth_mb, mqtt_port, json_path) -> None:
     """Run the daemon flat out over a looped video and check its memory stays flat."""
     with tempfile.TemporaryDirectory() as tmp:
         video = Path(tmp) / "soak.mp4"
@@ -113,21 +117,24 @@ def soak(model, data, frames, warmup, detector, detect_every, threads, max_growt
         command = [sys.executable, "-m", "fer_edge", "daemon", "--source", str(video), "--model", model,
                    "--loop", "--no-pace", "--max-fps", "0", "--detector", detector, "--detect-every",
                    str(detect_every), "--threads", str(threads), "--http-port", str(port), "--log-level", "warning"]
+        if mqtt_port:
+            command += ["--mqtt-host", "127.0.0.1", "--mqtt-port", str(mqtt_port)]
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
         try:
             wait_for(port, 1, process, timeout=60)
             _, rss_started = usage(process.pid)
-            first = wait_for(port, warmup, process, timeout=600)
+            wait_for(port, warmup, process, timeout=600)
             cpu0, rss0, t0 = *usage(process.pid), time.monotonic()
+            start = counters(port)
             rss_peak = rss0
-            target = first + frames
-            while (done := processed_frames(port)[0]) < target:
+            target = start["fer_edge_frames_processed_total"] + frames
+            while processed_frames(port) < target:
                 if process.poll() is not None:
                     raise click.ClickException(f"the daemon exited early with status {process.returncode}")
                 rss_peak = max(rss_peak, usage(process.pid)[1])
                 time.sleep(1.0)
             cpu1, rss1, t1 = *usage(process.pid), time.monotonic()
-            dropped = processed_frames(port)[1]
+            end = counters(port)
         finally:
             process.send_signal(signal.SIGTERM)
             try:
@@ -136,13 +143,19 @@ def soak(model, data, frames, warmup, detector, detect_every, threads, max_growt
                 process.kill()
                 status = "killed after 10 s"
     elapsed = t1 - t0
+    delta = {name: end[name] - start[name] for name in ("fer_edge_frames_processed_total",
+                                                        "fer_edge_frames_dropped_total", "fer_edge_faces_detected_total")}
+    frames_done = delta["fer_edge_frames_processed_total"]
     results = {
-        "frames": int(done - first), "seconds": round(elapsed, 2), "fps": round((done - first) / elapsed, 1),
-        "cpu_percent": round(100 * (cpu1 - cpu0) / elapsed, 1), "frames_dropped": int(dropped),
+        "frames": int(frames_done), "seconds": round(elapsed, 2), "fps": round(frames_done / elapsed, 1),
+        "cpu_percent": round(100 * (cpu1 - cpu0) / elapsed, 1),
+        "faces_per_frame": round(delta["fer_edge_faces_detected_total"] / frames_done, 3),
+        "frames_dropped": int(delta["fer_edge_frames_dropped_total"]),
         "rss_mb": {"started": round(rss_started, 1), "after_warmup": round(rss0, 1), "end": round(rss1, 1),
                    "peak": round(rss_peak, 1)},
         "rss_growth_mb": round(rss1 - rss0, 1), "max_growth_mb": max_growth_mb, "exit_status": status,
-        "settings": {"detector": detector, "detect_every": detect_every, "threads": threads, "warmup": warmup},
+        "settings": {"detector": detector, "detect_every": detect_every, "threads": threads, "warmup": warmup,
+                     "mqtt": bool(mqtt_port)},
     }
     click.echo(json.dumps(results, indent=2))
     if json_path:

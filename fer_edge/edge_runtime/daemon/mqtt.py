@@ -36,7 +36,9 @@ class MqttPublisher:
         self.metrics = metrics
         self.connected = False
         self._ever_connected = False
-        self._lock = threading.Lock()
+        self._closing = False
+        # Reentrant: a paho callback could run inside a publish made under the lock.
+        self._lock = threading.RLock()
         self._events: deque[tuple[str, bytes]] = deque()
         # A retained message is the topic's latest value: while offline only the newest one matters.
         self._retained: dict[str, bytes] = {}
@@ -91,16 +93,16 @@ class MqttPublisher:
         return True
 
     def _flush(self) -> None:
-        with self._lock:
-            while self._events:
-                topic, data = self._events[0]
-                if not self._send(topic, data, retain=False):
-                    return
-                self._events.popleft()
-            for topic in list(self._retained):
-                if not self._send(topic, self._retained[topic], retain=True):
-                    return
-                del self._retained[topic]
+        """Send the buffer, oldest first (call with the lock held)."""
+        while self._events:
+            topic, data = self._events[0]
+            if not self._send(topic, data, retain=False):
+                return
+            self._events.popleft()
+        for topic in list(self._retained):
+            if not self._send(topic, self._retained[topic], retain=True):
+                return
+            del self._retained[topic]
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
@@ -110,11 +112,12 @@ class MqttPublisher:
             self.metrics.mqtt_reconnects.inc()
         self._ever_connected = True
         log.info("MQTT: connected to %s:%d", self.config.host, self.config.port)
+        # Under the lock, so that no new message overtakes the buffered ones.
         with self._lock:
+            self._send_availability(ONLINE)
+            self._flush()
             self.connected = True
         self.metrics.mqtt_connected.set(1)
-        self._send_availability(ONLINE)
-        self._flush()
 
     def _send_availability(self, status: str) -> paho.MQTTMessageInfo:
         return self._client.publish(self.topic("availability"), status, qos=self.config.qos, retain=True)
@@ -123,10 +126,12 @@ class MqttPublisher:
         with self._lock:
             self.connected = False
         self.metrics.mqtt_connected.set(0)
-        log.warning("MQTT: disconnected (%s); reconnecting with back-off", reason_code)
+        if not self._closing:
+            log.warning("MQTT: disconnected (%s); reconnecting with back-off", reason_code)
 
     def close(self, timeout: float = 1.0) -> None:
         """Publish `offline` (retained), disconnect, and stop the network thread within `timeout`."""
+        self._closing = True
         with self._lock:
             online = self.connected
             self.connected = False

@@ -45,12 +45,12 @@ def build_pipeline(config: DaemonConfig) -> EmotionPipeline:
 class Daemon:
     """One camera's daemon. `run()` blocks; `stop()` may be called from a signal handler or thread."""
 
-    def __init__(self, config: DaemonConfig, pipeline: EmotionPipeline | None = None):
+    def __init__(self, config: DaemonConfig):
         check_source(config.source.uri)
         self.config = config
         self.camera_id = config.camera_id
         self.metrics = DaemonMetrics()
-        self.pipeline = pipeline or build_pipeline(config)
+        self.pipeline = build_pipeline(config)
         self.tracker = FaceTracker(config.smoothing, self.pipeline.classifier.class_names)
         self.grabber = FrameGrabber(config.source, self.metrics)
         self.mqtt = MqttPublisher(config.mqtt, config.camera_id, self.metrics) if config.mqtt.host else None
