@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 
 from fer_edge import metadata
-from fer_edge.errors import FerEdgeError
 
 # Requantizing ops the converter inserts where a float value crosses into an int8 region: inside
 # a full-integer graph they mean some part of it was not quantized.
@@ -73,15 +72,11 @@ class ModelReport:
 
 
 def inspect_model(path: str | Path) -> ModelReport:
-    """Parse a `.tflite` file; a missing or corrupt file raises FerEdgeError naming it."""
-    from fer_edge.edge_runtime.errors import ModelError
+    """Parse a `.tflite` file; a missing or corrupt file raises ModelError (a FerEdgeError) naming it."""
     from fer_edge.edge_runtime.interpreter import make_interpreter
 
     path = Path(path)
-    try:
-        interpreter = make_interpreter(path, num_threads=1)
-    except ModelError as exc:
-        raise FerEdgeError(str(exc)) from None
+    interpreter = make_interpreter(path, num_threads=1)
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
     ops = interpreter._get_ops_details()  # the one listing every runtime has; execution order
     return ModelReport(
