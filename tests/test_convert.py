@@ -23,11 +23,11 @@ def dataset(data_path):
 
 
 @pytest.fixture(scope="module")
-def qat_run(small_run, dataset, tmp_path_factory) -> Path:
-    from fer_edge.convert.qat import train_qat
-
+def qat_run(small_run, data_path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("qat") / "small_qat"
-    return train_qat(small_run, out, epochs=1, dataset=dataset, train_limit=1000, val_limit=200)
+    run_cli("train", "--qat", "--from", small_run, "--data", data_path, "--epochs", "1",
+            "--train-limit", "1000", "--val-limit", "200", "--out", out)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -113,13 +113,13 @@ def test_qat_export_quantizes_se_multiply(qat_int8_path):
 
 
 def test_qat_models_reload(qat_run, dataset):
-    from fer_edge.convert.qat import load_qat_run
     from fer_edge.convert.source import load_source
+    from fer_edge.train.trainer import load_run_model
 
     faces = spec.preprocess_faces(dataset.images[:16])
     whole = load_source(qat_run / "qat_model.h5")
     assert whole.qat and load_source(qat_run).qat
-    np.testing.assert_allclose(whole.model.predict(faces, verbose=0), load_qat_run(qat_run).predict(faces, verbose=0),
+    np.testing.assert_allclose(whole.model.predict(faces, verbose=0), load_run_model(qat_run).predict(faces, verbose=0),
                                atol=1e-6)
     final = json.loads((qat_run / "final_metrics.json").read_text())
     assert {"PublicTest", "PrivateTest"} <= set(final)
@@ -130,7 +130,7 @@ def test_qat_run_resumes_from_its_checkpoint(qat_run, dataset, tmp_path):
     from fer_edge.errors import FerEdgeError
 
     with pytest.raises(FerEdgeError, match="already holds a run"):
-        train_qat("unused", qat_run, dataset=dataset)
+        train_qat(json.loads((qat_run / "config.json").read_text())["qat_from"], qat_run, dataset=dataset)
     run = shutil.copytree(qat_run, tmp_path / "longer")
     config = json.loads((run / "config.json").read_text())
     (run / "config.json").write_text(json.dumps({**config, "epochs": 2}))

@@ -8,19 +8,15 @@ islands between QUANTIZE/DEQUANTIZE pairs in the converted graph.
 from __future__ import annotations
 
 import json
-import sys
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import tensorflow_model_optimization as tfmot
 
 from fer_edge import atomic
 from fer_edge.errors import FerEdgeError
-from fer_edge.spec import preprocess_faces
 from fer_edge.train import trainer
-from fer_edge.train.data import FerDataset, load_dataset
-from fer_edge.train.models import build_model
+from fer_edge.train.data import FerDataset
 from fer_edge.train.tf_setup import tf
 
 qk = tfmot.quantization.keras
@@ -97,99 +93,34 @@ def load_qat_model(path: str | Path):
         return tf.keras.models.load_model(str(path), compile=False)
 
 
-def is_qat_run(run: str | Path) -> bool:
-    config = Path(run) / "config.json"
-    return config.is_file() and "qat_from" in json.loads(config.read_text())
+def save_qat_model(model, run: Path) -> Path:
+    """Save the selected QAT model whole beside its run, as the self-contained `qat_model.h5`."""
+    with atomic.atomic_path(run / QAT_MODEL) as tmp:  # the temporary name keeps the .h5 suffix Keras needs
+        model.save(str(tmp))
+    return run / QAT_MODEL
 
 
-def load_qat_run(run: str | Path):
-    """Rebuild a QAT run's model from its config and load its best (PublicTest) weights."""
-    run = Path(run)
-    if not (run / trainer.BEST_WEIGHTS).exists():
-        raise FerEdgeError(f"{run}: QAT run has no {trainer.BEST_WEIGHTS} yet (no epoch finished)")
-    cfg = trainer.TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
-    tf.keras.mixed_precision.set_global_policy("float32")
-    model = quantize_for_training(build_model(cfg.model, cfg.preset, **cfg.overrides))
-    model.load_weights(str(run / trainer.BEST_WEIGHTS))
-    return model
-
-
-def train_qat(from_run: str | Path, out_dir: str | Path, epochs: int = QAT_EPOCHS, lr: float = QAT_LR,
+def train_qat(from_run: str | Path | None, out_dir: str | Path, epochs: int = QAT_EPOCHS, lr: float = QAT_LR,
               resume: bool = False, dataset: FerDataset | None = None, **overrides) -> Path:
     """Fine-tune the float run `from_run` with fake quantization; return the QAT run folder.
 
-    Data order, augmentation, per-epoch checkpoints, `state.json`, best-epoch selection on
-    PublicTest and early stopping are the float trainer's own (`fer_edge.train.trainer`); only
-    the model (the float run's best weights, quantized) and the schedule differ. `overrides`
-    replace other TrainConfig fields (batch_size, patience, train_limit, val_limit, data, seed;
-    None keeps the float run's value). `resume=True` continues `out_dir` after its last finished
-    epoch with the configuration saved there; `from_run`, `epochs`, `lr` and `overrides` are then
-    ignored. The run folder ends with `best_weights.h5`, a self-contained `qat_model.h5` and
-    `final_metrics.json`.
+    This is the float trainer (`fer_edge.train.trainer.train`) with the float run's best weights,
+    quantized, as the starting model: same data order, augmentation, per-epoch checkpoints,
+    PublicTest selection, early stopping and `--resume`. Only the schedule differs: `lr` without
+    warm-up, in float32 (a bfloat16 policy would round the ranges QAT learns). `overrides`
+    replace other TrainConfig fields (data, batch_size, patience, train_limit, val_limit, seed);
+    None keeps the float run's value. The run ends with `qat_model.h5` beside its best weights.
     """
     run = Path(out_dir)
-    state_file = run / trainer.STATE
     if resume:
-        if not state_file.exists():
-            raise FerEdgeError(f"--resume: {run} has no {trainer.STATE}; start the QAT run without --resume")
-        config = json.loads((run / "config.json").read_text())
-        cfg, from_run, state = trainer.TrainConfig.from_dict(config), config["qat_from"], json.loads(state_file.read_text())
-    else:
-        if state_file.exists():
-            raise FerEdgeError(f"--out: {run} already holds a run; pass --resume to continue it or choose a new folder")
-        source = Path(from_run) / "config.json"
-        if not source.is_file():
-            raise FerEdgeError(f"--from: {from_run} is not a training run folder (no config.json)")
-        cfg = replace(trainer.TrainConfig.from_dict(json.loads(source.read_text())), out=str(run), epochs=epochs,
-                      lr=lr, warmup_epochs=0.0, precision="float32", logical_cpus=0,
-                      **{k: v for k, v in overrides.items() if v is not None})  # None: keep the float run's
-        state = {"epoch": 0, "best": -1.0, "best_epoch": 0, "wait": 0, "history": [], "stopped_early": False}
-    if state["stopped_early"] or state["epoch"] >= cfg.epochs:
-        print(f"{run}: already finished at epoch {state['epoch']}", file=sys.stderr)
-        return run
-
-    ds = dataset or load_dataset(cfg.data)
-    tr = ds.subset("Training", cfg.train_limit, cfg.seed) if cfg.train_limit else ds.indices("Training")
-    va = ds.subset("PublicTest", cfg.val_limit, cfg.seed) if cfg.val_limit else ds.indices("PublicTest")
-    y_train = ds.labels[tr].astype(np.int64)
-    x_val, y_val = preprocess_faces(ds.images[va]), ds.labels[va].astype(np.int64)
-
-    # Fake quantization runs in float32: the bfloat16 policy would round the ranges it learns.
-    trainer.set_precision("float32")
-    model = quantize_for_training(trainer.load_run_model(from_run))
-    train_ds, steps = trainer.train_dataset(preprocess_faces(ds.images[tr]), trainer.one_hot(y_train), y_train,
-                                            cfg, state["epoch"])
-    optimizer = tf.keras.optimizers.Adam(trainer.learning_rate(cfg, steps))
-    model.compile(optimizer=optimizer,
-                  loss=tf.keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
-                  metrics=["accuracy"])
-    ckpt = tf.train.CheckpointManager(tf.train.Checkpoint(model=model, optimizer=optimizer),
-                                      str(run / "checkpoint"), max_to_keep=1)
-    if resume:
-        ckpt.checkpoint.restore(ckpt.latest_checkpoint).expect_partial()
-        print(f"resuming QAT run {run} after epoch {state['epoch']}", file=sys.stderr)
-    else:
-        atomic.write_json(run / "config.json", {**asdict(cfg), "qat_from": str(from_run), "quantization": "qat-int8",
-                                                "train_images": int(len(tr)), "val_images": int(len(va)),
-                                                "data_source": ds.source, "data_notes": ds.notes})
-    model.fit(train_ds, epochs=cfg.epochs, initial_epoch=state["epoch"], steps_per_epoch=steps,
-              validation_data=(x_val, trainer.one_hot(y_val)), validation_batch_size=256,
-              callbacks=[trainer.RunCheckpoint(run, ckpt, state, cfg.patience, "val_accuracy")],
-              verbose=1 if sys.stdout.isatty() else 2)
-    _finish(run, ds)
-    return run
-
-
-def _finish(run: Path, ds: FerDataset) -> None:
-    """Save the selected QAT model whole and score it on both test splits."""
-    from fer_edge.train.evaluate import evaluate_split
-
-    model = load_qat_run(run)
-    with atomic.atomic_path(run / QAT_MODEL) as tmp:  # the temporary name keeps the .h5 suffix Keras needs
-        model.save(str(tmp))
-    state = json.loads((run / trainer.STATE).read_text())
-    final = {split: evaluate_split(model, ds, split, out_dir=run / f"eval_{split}") for split in ("PublicTest", "PrivateTest")}
-    summary = {"best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
-               **{s: {k: m[k] for k in ("accuracy", "f1_weighted", "f1_macro")} for s, m in final.items()}}
-    atomic.write_json(run / "final_metrics.json", summary)
-    print(json.dumps(summary, indent=2))
+        return trainer.train(trainer.TrainConfig(out=str(run)), resume=True, dataset=dataset)
+    source = Path(from_run) / "config.json"
+    if not source.is_file():
+        raise FerEdgeError(f"--from: {from_run} is not a training run folder (no config.json)")
+    float_cfg = json.loads(source.read_text())
+    if float_cfg.get("qat_from"):
+        raise FerEdgeError(f"--from: {from_run} is already a QAT run; give the float run it came from")
+    cfg = replace(trainer.TrainConfig.from_dict(float_cfg), out=str(run), epochs=epochs, lr=lr, warmup_epochs=0.0,
+                  precision="float32", logical_cpus=0, qat_from=str(from_run),
+                  **{k: v for k, v in overrides.items() if v is not None})
+    return trainer.train(cfg, dataset=dataset)

@@ -36,7 +36,7 @@ def load_source(ref: str | Path) -> SourceModel:
     if path.suffix == ".tflite":
         raise FerEdgeError(f"{path}: already a TFLite model; give the Keras model or run folder it came from")
     if path.is_dir():
-        model = qat.load_qat_run(path) if qat.is_qat_run(path) else load_run_model(path)
+        model = load_run_model(path)
     else:
         try:
             # The scope knows tfmot's wrappers and our SE config, so QAT .h5 files load too.

@@ -87,12 +87,31 @@ def _int_tuple(value):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(), default="runs/train", show_default=True, help="Run folder.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last epoch checkpoint.")
+@click.option("--qat", is_flag=True, help="Quantization-aware fine-tuning of the float run given by --from.")
+@click.option("--from", "from_run", type=click.Path(), help="With --qat: the finished float run to fine-tune.")
 def train(data_path, model, preset, widths, blocks, stem_stride, no_se, rotation, zoom, shift, no_flip, erasing,
-          mixup, resume, **kw):
-    """Train a model on FER2013 (select on PublicTest, report PrivateTest)."""
+          mixup, resume, qat, from_run, **kw):
+    """Train a model on FER2013 (select on PublicTest, report PrivateTest).
+
+    With --qat --from RUN: fine-tune RUN's best weights with fake int8 quantization (default 5
+    epochs at lr 1e-4, no warm-up; --epochs and --lr override), ready for `convert --int8`.
+    """
     from fer_edge.train.augment import AugmentConfig
     from fer_edge.train.trainer import TrainConfig
     from fer_edge.train.trainer import train as run_training
+
+    if qat:
+        from fer_edge.convert.qat import QAT_EPOCHS, QAT_LR, train_qat
+
+        if not (from_run or resume):
+            raise click.UsageError("--qat needs --from RUN (the finished float run to fine-tune)")
+        src = click.get_current_context().get_parameter_source
+        explicit = {k: kw[k] for k in ("batch_size", "patience", "train_limit", "val_limit", "seed")
+                    if src(k) != click.core.ParameterSource.DEFAULT}
+        run = train_qat(from_run, kw["out"], epochs=kw["epochs"] if src("epochs").name != "DEFAULT" else QAT_EPOCHS,
+                        lr=kw["lr"] if src("lr").name != "DEFAULT" else QAT_LR, resume=resume, data=data_path, **explicit)
+        click.echo(f"run folder: {run}")
+        return
 
     overrides = {k: v for k, v in {"widths": _int_tuple(widths), "blocks": _int_tuple(blocks),
                                    "stem_stride": stem_stride, "se": False if no_se else None}.items() if v is not None}

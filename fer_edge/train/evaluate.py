@@ -33,24 +33,17 @@ class TFLitePredictor:
 
 
 def load_predictor(ref):
-    """A predictor from a Keras model object, a run folder, a `.keras`/`.h5` file or a `.tflite`."""
+    """A predictor from a Keras model object, a run folder (float or QAT), a `.keras`/`.h5` file or a `.tflite`."""
     if not isinstance(ref, (str, Path)):
         return KerasPredictor(ref)
     path = Path(ref)
-    if not path.exists():
-        raise FerEdgeError(f"{path}: no such model file or run folder")
     if path.suffix == ".tflite":
+        if not path.exists():
+            raise FerEdgeError(f"{path}: no such model file")
         return TFLitePredictor(path)
-    from fer_edge.train.trainer import load_run_model
+    from fer_edge.convert.source import load_source
 
-    if path.is_dir():
-        return KerasPredictor(load_run_model(path))
-    from fer_edge.train.tf_setup import tf
-
-    try:
-        return KerasPredictor(tf.keras.models.load_model(str(path), compile=False))
-    except (OSError, ValueError) as exc:
-        raise FerEdgeError(f"{path}: cannot load as a Keras model ({exc})") from None
+    return KerasPredictor(load_source(path).model)
 
 
 def predict_probs(predictor, images: np.ndarray, tta_flip: bool = False) -> np.ndarray:

@@ -53,6 +53,8 @@ class TrainConfig:
     val_limit: int | None = None
     logical_cpus: int = 0
     """Split the CPU into this many logical devices and mirror across them (tests the distributed path)."""
+    qat_from: str | None = None
+    """Quantization-aware fine-tuning of this finished float run's best weights (see convert.qat)."""
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -199,7 +201,7 @@ def train(cfg: TrainConfig, resume: bool = False, dataset: FerDataset | None = N
     set_precision(precision)
     train_ds, steps = train_dataset(x_train, one_hot(y_train), y_train, cfg, state["epoch"])
     with strategy.scope():
-        model = build_model(cfg.model, cfg.preset, **cfg.overrides)
+        model = initial_model(cfg)
         optimizer = tf.keras.optimizers.Adam(learning_rate(cfg, steps))
         model.compile(optimizer=optimizer,
                       loss=tf.keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
@@ -214,6 +216,7 @@ def train(cfg: TrainConfig, resume: bool = False, dataset: FerDataset | None = N
             **asdict(cfg), "precision_resolved": precision, "class_names": list(CLASS_NAMES),
             "model_config": model_config(cfg.model, cfg.preset, **cfg.overrides),
             "params": int(model.count_params()), "macs": count_macs(model),
+            "quantization": "qat-int8" if cfg.qat_from else "float32",
             "train_images": int(len(tr)), "val_images": int(len(va)), "data_source": ds.source, "data_notes": ds.notes})
 
     class_weight = None
@@ -230,8 +233,17 @@ def train(cfg: TrainConfig, resume: bool = False, dataset: FerDataset | None = N
     return run
 
 
+def initial_model(cfg: TrainConfig):
+    """A fresh network, or for QAT the float run's best weights wrapped in fake quantization."""
+    if cfg.qat_from:
+        from fer_edge.convert.qat import quantize_for_training
+
+        return quantize_for_training(load_run_model(cfg.qat_from))
+    return build_model(cfg.model, cfg.preset, **cfg.overrides)
+
+
 def load_run_model(run: str | Path):
-    """Rebuild a run's model in float32 and load its best weights."""
+    """Rebuild a run's model (float, or quantization-aware for QAT runs) and load its best weights."""
     run = Path(run)
     cfg_file = run / "config.json"
     if not cfg_file.exists() or not (run / BEST_WEIGHTS).exists():
@@ -239,6 +251,10 @@ def load_run_model(run: str | Path):
     cfg = TrainConfig.from_dict(json.loads(cfg_file.read_text()))
     tf.keras.mixed_precision.set_global_policy("float32")
     model = build_model(cfg.model, cfg.preset, **cfg.overrides)
+    if cfg.qat_from:
+        from fer_edge.convert.qat import quantize_for_training
+
+        model = quantize_for_training(model)
     model.load_weights(str(run / BEST_WEIGHTS))
     return model
 
@@ -248,6 +264,10 @@ def finish(run: Path, ds: FerDataset) -> dict:
     from fer_edge.train.evaluate import evaluate_split
 
     model = load_run_model(run)
+    if json.loads((run / "config.json").read_text()).get("qat_from"):
+        from fer_edge.convert.qat import save_qat_model
+
+        save_qat_model(model, run)
     final = {split: evaluate_split(model, ds, split, out_dir=run / f"eval_{split}")
              for split in ("PublicTest", "PrivateTest")}
     state = json.loads((run / STATE).read_text())
