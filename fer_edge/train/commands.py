@@ -50,7 +50,7 @@ def models():
     for name, preset in rows:
         m = build_model(name, preset if preset != "-" else "edge")
         cfg = PRESETS.get(preset)
-        desc = f"{cfg.activation:<11} {'→'.join(map(str, cfg.widths))}, SE {'on' if cfg.se else 'off'}" if cfg else "relu        32→64→128, no residuals/SE"
+        desc = f"{cfg.activation:<11} {'→'.join(map(str, cfg.widths))}, SE {'on' if cfg.se else 'off'}" if cfg else "relu        32→64→128, flatten + dense 256, no residuals/SE"
         click.echo(f"{name:<10}{preset:<10}{m.count_params():>12,}{count_macs(m) / 1e6:>10.1f}  {desc}")
 
 

@@ -1,0 +1,166 @@
+"""The shipped model's card: Markdown rendered from `model_card.json`, and the README's results.
+
+`benchmarks/model_card.py` measures the numbers and writes the JSON; everything a person reads
+is rendered from it here, so no figure is typed by hand.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+CARD_JSON = MODELS_DIR / "model_card.json"
+README_START = "<!-- results:start (rendered from fer_edge/models/model_card.json by benchmarks/model_card.py) -->"
+README_END = "<!-- results:end -->"
+
+
+def load_card(path: Path = CARD_JSON) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def shipped_sha256() -> str | None:
+    """The sha256 the model card records for the shipped int8 model, if a card ships."""
+    return load_card()["files"]["int8"]["sha256"] if CARD_JSON.is_file() else None
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def results_table(card: dict) -> str:
+    """Float vs int8 (and the comparison rows) on PrivateTest, with the leakage-free score."""
+    lines = ["| model | PrivateTest acc | leakage-free acc | weighted F1 | macro F1 | size | 1-thread latency |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for row in card["comparison"]:
+        size = f"{row['size_bytes'] / 1e6:.2f} MB" if row.get("size_bytes") else "–"
+        latency = f"{row['latency_ms']:.2f} ms" if row.get("latency_ms") is not None else "–"
+        free = _pct(row["leakage_free_accuracy"]) if row.get("leakage_free_accuracy") is not None else "–"
+        lines.append(f"| {row['name']} | {_pct(row['accuracy'])} | {free} | {row['f1_weighted']:.3f} | "
+                     f"{row['f1_macro']:.3f} | {size} | {latency} |")
+    return "\n".join(lines)
+
+
+def per_class_table(card: dict) -> str:
+    float_pc, int8_pc = card["per_class"]["float"], card["per_class"]["int8"]
+    lines = ["| class | float precision | float recall | int8 precision | int8 recall | support |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, f in float_pc.items():
+        q = int8_pc[name]
+        lines.append(f"| {name} | {f['precision']:.3f} | {f['recall']:.3f} | {q['precision']:.3f} | "
+                     f"{q['recall']:.3f} | {f['support']} |")
+    return "\n".join(lines)
+
+
+def targets_table(card: dict) -> str:
+    lines = ["| target | goal | measured | met |", "|---|---|---|---|"]
+    for t in card["targets"]:
+        lines.append(f"| {t['name']} | {t['goal']} | {t['measured']} | {'yes' if t['met'] else '**no**'} |")
+    return "\n".join(lines)
+
+
+def readme_results(card: dict) -> str:
+    drop = card["int8_vs_float"]
+    return "\n".join([
+        README_START,
+        f"Shipped model `{card['files']['int8']['file']}` ({card['architecture']['summary']}); "
+        f"FER2013 PrivateTest, {card['data']['report_images']:,} images, selected on PublicTest. "
+        f"Measured by `{card['command']}` on {card['measured_on']}.",
+        "",
+        results_table(card),
+        "",
+        f"int8 vs float: accuracy {drop['accuracy_drop_points']:+.2f} points, macro F1 "
+        f"{drop['f1_macro_drop']:+.4f} (positive = int8 lower), top-1 agreement {_pct(drop['agreement'])}.",
+        "",
+        targets_table(card),
+        README_END,
+    ])
+
+
+def markdown(card: dict) -> str:
+    """The whole model card as Markdown."""
+    tr, arch, data = card["training"], card["architecture"], card["data"]
+    files = "\n".join(f"| {role} | `{f['file']}` | {f['size_bytes']:,} | `{f['sha256']}` |" for role, f in card["files"].items())
+    return f"""# Model card: {card['name']}
+
+Version {card['version']}. Rendered from `model_card.json`, which `{card['command']}` measured on
+{card['measured_on']}.
+
+## Files
+
+| role | file | bytes | sha256 |
+|---|---|---:|---|
+{files}
+
+The int8 file is full-integer (int8 input and output, every op int8, fixed batch 1) and carries its
+metadata (classes, tensor quantization, preprocessing) as an embedded `fer_edge.json`.
+`fer-edge predict --sha256 HASH` verifies a file before loading it.
+
+## Model
+
+{arch['summary']}: {arch['params']:,} parameters, {arch['macs'] / 1e6:.0f} M multiply-accumulates per face.
+Input: one 48×48 grayscale face, preprocessing `{json.dumps(card['preprocessing'])}`
+(a raw pixel p enters the int8 model as p − 128). Output: probabilities of
+{', '.join(card['class_names'])}.
+
+## Data and protocol
+
+{data['dataset']}: trained on Training ({data['train_images']:,} images), model and epoch selected on
+PublicTest, reported on PrivateTest ({data['report_images']:,} images). Leakage-free PrivateTest drops the
+{data['leaked_images']} test images whose exact pixels occur in Training.
+
+## Training
+
+Float: {tr['float']['summary']}; {tr['float']['epochs_run']} epochs, best PublicTest accuracy at epoch
+{tr['float']['best_epoch']}. Quantization-aware fine-tuning: {tr['qat']['summary']}; {tr['qat']['epochs_run']}
+epochs, best at epoch {tr['qat']['best_epoch']}. Then `fer-edge convert --int8`.
+
+## Results (PrivateTest)
+
+{results_table(card)}
+
+Per class:
+
+{per_class_table(card)}
+
+int8 vs float: accuracy {card['int8_vs_float']['accuracy_drop_points']:+.2f} points, macro F1
+{card['int8_vs_float']['f1_macro_drop']:+.4f}, top-1 agreement {_pct(card['int8_vs_float']['agreement'])}.
+With horizontal-flip test-time averaging the int8 model scores {_pct(card['int8_tta_flip_accuracy'])}.
+
+![int8 confusion matrix on PrivateTest](confusion_matrix_int8.png)
+
+Targets:
+
+{targets_table(card)}
+
+{card['gap_note']}
+
+## Intended uses
+
+Research, prototyping and aggregate, opt-in feedback (e.g. "how did the room react to this
+slide", a robot's expressive response, HCI studies with consenting participants), on a device,
+without storing or sending images.
+
+## Limitations and cautions
+
+- **What it measures.** The model labels the visible facial configuration with one of seven
+  stereotyped categories. An emotion inferred from a face is not a person's inner state; people
+  express the same feeling differently and show expressions they do not feel. The output must not
+  drive decisions about people: hiring, grading, policing, access, pricing, health or
+  any judgement of an individual.
+- **Data biases.** FER2013 was gathered by web image search: mostly posed or staged, frontal
+  faces of adults; skewed in age, ethnicity and gender in ways that were never audited; with
+  labelling noise (FER+ relabels about a third of it) and duplicates. Accuracy differs by group,
+  and we have not measured by how much.
+- **Imbalance.** Disgust has 436 training images against 7,215 for happy; its recall and that
+  of fear are the weakest (see the table above).
+- **Cross-dataset drop.** Accuracy measured on FER2013 does not carry over to other cameras,
+  lighting, head poses, ages or cultures; expect a large drop on in-the-wild video. Validate on
+  your own data before relying on any number.
+- **Pipeline.** The face detector misses small, profile or occluded faces, and a poor crop
+  changes the label.
+"""
+
+
+def replace_readme_section(readme: str, card: dict) -> str:
+    start, end = readme.index(README_START), readme.index(README_END) + len(README_END)
+    return readme[:start] + readme_results(card) + readme[end:]
