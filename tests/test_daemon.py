@@ -5,7 +5,6 @@ Needs FER2013 ($FER_EDGE_DATA or ../shared/data/fer2013/fer2013.npz) and, for th
 free port of 127.0.0.1 and never touches a system broker.
 """
 import json
-import os
 import shutil
 import signal
 import socket
@@ -32,9 +31,10 @@ from fer_edge.spec import CLASS_NAMES
 
 paho = pytest.importorskip("paho.mqtt.client")
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+from fer_edge.train.data import default_data_path
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("FER_EDGE_DATA", REPO.parent / "shared" / "data" / "fer2013" / "fer2013.npz"))
+DATA = default_data_path()
 MOSQUITTO = shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto",) if Path(p).is_file()), None)
 
 needs_data = pytest.mark.skipif(not DATA.is_file(), reason=f"FER2013 not found at {DATA} (set FER_EDGE_DATA)")

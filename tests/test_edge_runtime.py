@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,9 +16,10 @@ from fer_edge.edge_runtime import (ClassifierOptions, EmotionClassifier, Emotion
 from fer_edge.edge_runtime.commands import demo, predict
 from fer_edge.edge_runtime.detection import packaged_blazeface_path
 from fer_edge.edge_runtime.scenes import background, compose_scene, write_video
+from fer_edge.train.data import default_data_path
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("FER_EDGE_DATA", ROOT.parent / "shared" / "data" / "fer2013" / "fer2013.npz"))
+DATA = default_data_path()
 needs_data = pytest.mark.skipif(not DATA.is_file(), reason=f"FER2013 not found at {DATA} (set $FER_EDGE_DATA)")
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
