@@ -7,7 +7,7 @@ Evaluates, on the same PrivateTest faces, the shallow baseline, the `fer` packag
 measured here through LiteRT with its own preprocessing), the float SE-ResNet (Keras and float32
 TFLite) and the int8 QAT TFLite; times single-thread inference; checks the targets; writes
 `model_card.json` (+ Markdown and the int8 confusion matrix) and, with --ship, copies both
-`.tflite` files into `fer_edge/models/` and refreshes the README's results section.
+`.tflite` files (those of at most 8 MB) into `fer_edge/models/` and refreshes the README's results section.
 Exit status 1 if the int8-vs-float budget (--max-acc-drop / --max-f1-drop) is exceeded.
 """
 from __future__ import annotations
@@ -32,6 +32,8 @@ from peer import DEFAULT_PEER, PeerModel
 
 ROOT = Path(__file__).resolve().parents[1]
 INT8_NAME, FLOAT_NAME = "fer_edge_int8.tflite", "fer_edge_float32.tflite"
+# The package ships models of a few MB at most; a larger float32 file is described, not shipped.
+MAX_SHIPPED_BYTES = 8_000_000
 
 
 def sha256(path: Path) -> str:
@@ -75,14 +77,16 @@ def convert_if_missing(run: Path, int8: bool) -> Path:
 @click.option("--float-run", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
 @click.option("--qat-run", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
 @click.option("--baseline-run", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@click.option("--ptq", "ptq_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Also score a post-training int8 export of the float run (a comparison row).")
 @click.option("--data", "data_path", type=click.Path(), help="FER2013 (default: $FER_EDGE_DATA or ../shared).")
 @click.option("--peer", "peer_path", type=click.Path(path_type=Path), default=DEFAULT_PEER, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=cards.MODELS_DIR, show_default=True)
-@click.option("--ship", is_flag=True, help="Copy the .tflite files into --out and refresh README.md's results.")
+@click.option("--ship", is_flag=True, help="Copy the .tflite files (up to 8 MB) into --out and refresh README.md's results.")
 @click.option("--version", "model_version", default="1", show_default=True)
 @click.option("--max-acc-drop", type=float, default=1.0, show_default=True)
 @click.option("--max-f1-drop", type=float, default=0.01, show_default=True)
-def main(float_run, qat_run, baseline_run, data_path, peer_path, out, ship, model_version, max_acc_drop, max_f1_drop):
+def main(float_run, qat_run, baseline_run, ptq_path, data_path, peer_path, out, ship, model_version, max_acc_drop, max_f1_drop):
     ds = load_dataset(data_path)
     split = "PrivateTest"
     images, labels = ds.split(split)
@@ -108,6 +112,9 @@ def main(float_run, qat_run, baseline_run, data_path, peer_path, out, ship, mode
     rows += [row("SE-ResNet edge, float (Keras)", m_float),
              row("SE-ResNet edge, float32 TFLite", m_float_tfl, float_path, lat_float),
              row("SE-ResNet edge, int8 QAT TFLite (shipped)", m_int8, int8_path, lat_int8)]
+    if ptq_path:
+        rows.insert(-1, row("SE-ResNet edge, int8 post-training TFLite", evaluate_split(ptq_path, ds, split), ptq_path,
+                            latency_ms(ptq_path, face, 300)))
 
     from fer_edge.train.evaluate import load_predictor, predict_probs
 
@@ -143,8 +150,10 @@ def main(float_run, qat_run, baseline_run, data_path, peer_path, out, ship, mode
         "measured_on": f"{datetime.date.today().isoformat()}, {platform.machine()} {platform.processor() or ''}".strip(),
         "class_names": list(spec.CLASS_NAMES),
         "preprocessing": spec.PREPROCESSING,
-        "files": {"int8": {"file": INT8_NAME, "sha256": sha256(int8_path), "size_bytes": int8_path.stat().st_size},
-                  "float32": {"file": FLOAT_NAME, "sha256": sha256(float_path), "size_bytes": float_path.stat().st_size}},
+        "files": {"int8": {"file": INT8_NAME, "sha256": sha256(int8_path), "size_bytes": int8_path.stat().st_size,
+                           "shipped": True},
+                  "float32": {"file": FLOAT_NAME, "sha256": sha256(float_path), "size_bytes": float_path.stat().st_size,
+                              "shipped": float_path.stat().st_size <= MAX_SHIPPED_BYTES}},
         "architecture": {"model": float_cfg["model"], "preset": float_cfg["preset"], "config": float_cfg["model_config"],
                          "params": float_cfg["params"], "macs": float_cfg["macs"],
                          "summary": f"SE-ResNet `{float_cfg['preset']}` preset, stages "
@@ -174,8 +183,9 @@ def main(float_run, qat_run, baseline_run, data_path, peer_path, out, ship, mode
     atomic.write_text(out / "MODEL_CARD.md", cards.markdown(card))
     atomic.write_bytes(out / "confusion_matrix_int8.png", confusion_png)
     if ship:
-        atomic.write_bytes(out / INT8_NAME, int8_path.read_bytes())
-        atomic.write_bytes(out / FLOAT_NAME, float_path.read_bytes())
+        for entry, path in ((card["files"]["int8"], int8_path), (card["files"]["float32"], float_path)):
+            if entry["shipped"]:
+                atomic.write_bytes(out / entry["file"], path.read_bytes())
         readme = ROOT / "README.md"
         atomic.write_text(readme, cards.replace_readme_section(readme.read_text(), card))
     print(cards.readme_results(card))

@@ -79,7 +79,8 @@ def readme_results(card: dict) -> str:
 def markdown(card: dict) -> str:
     """The whole model card as Markdown."""
     tr, arch, data = card["training"], card["architecture"], card["data"]
-    files = "\n".join(f"| {role} | `{f['file']}` | {f['size_bytes']:,} | `{f['sha256']}` |" for role, f in card["files"].items())
+    files = "\n".join(f"| {role} | `{f['file']}` | {'yes' if f['shipped'] else 'no: rebuild with `fer-edge convert RUN --float`'} "
+                      f"| {f['size_bytes']:,} | `{f['sha256']}` |" for role, f in card["files"].items())
     return f"""# Model card: {card['name']}
 
 Version {card['version']}. Rendered from `model_card.json`, which `{card['command']}` measured on
@@ -87,8 +88,8 @@ Version {card['version']}. Rendered from `model_card.json`, which `{card['comman
 
 ## Files
 
-| role | file | bytes | sha256 |
-|---|---|---:|---|
+| role | file | in the package | bytes | sha256 |
+|---|---|---|---:|---|
 {files}
 
 The int8 file is full-integer (int8 input and output, every op int8, fixed batch 1) and carries its

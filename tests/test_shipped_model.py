@@ -20,7 +20,9 @@ def card():
 
 
 def test_files_match_the_sha256_in_the_card(card):
-    for entry in card["files"].values():
+    shipped = [entry for entry in card["files"].values() if entry["shipped"]]
+    assert [e["file"] for e in shipped][:1] == [SHIPPED_MODEL.name]
+    for entry in shipped:
         data = (cards.MODELS_DIR / entry["file"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == entry["sha256"]
         assert len(data) == entry["size_bytes"] < 8_000_000
