@@ -54,7 +54,7 @@ def test_ptq_int8_is_full_integer_with_card(int8_model_path):
     assert card["input"] == {"dtype": "int8", "scale": report.input.scale, "zero_point": -128}
     assert card["output"]["dtype"] == "int8"
     assert card["preprocessing"] == spec.PREPROCESSING
-    assert card["calibration"]["images"] == 200 and card["calibration"]["split"] == "Training"
+    assert card["calibration"]["images"] == 500 and card["calibration"]["split"] == "Training"
     assert {"name", "version", "source_model"} <= set(card)
     run_cli("inspect", int8_model_path, "--require-int8")
 
