@@ -14,6 +14,8 @@ def run_row(run: Path) -> dict:
     except FileNotFoundError as exc:
         raise FerEdgeError(f"{run}: not a finished run ({Path(exc.filename).name} missing)") from None
     name = cfg["model"] + (f" ({cfg['preset']})" if cfg["model"] == "seresnet" else "")
+    if cfg.get("qat_from"):
+        name += ", QAT"
     return {"run": run.name, "model": name, "params": cfg["params"], "macs": cfg["macs"],
             "epochs": final["epochs_run"], **{f"{s}_{k}": final[s][k] for s in ("PublicTest", "PrivateTest")
                                              for k in ("accuracy", "f1_weighted", "f1_macro")}}

@@ -137,6 +137,7 @@ def count_macs(model) -> int:
     """Multiply-accumulates of one forward pass (convolutions and dense layers)."""
     macs = 0
     for layer in model.layers:
+        layer = getattr(layer, "layer", layer)  # QAT wraps each layer in a QuantizeWrapper
         if isinstance(layer, layers.Conv2D):
             kh, kw = layer.kernel_size
             _, h, w, cout = layer.output_shape
