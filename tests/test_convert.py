@@ -150,8 +150,8 @@ def test_benchmark_table_json_and_budget_exit(small_run, float_tflite_path, int8
     models = [small_run, float_tflite_path, int8_model_path]
     common = ["--data", data_path, "--limit", "300", "--runs", "5"]
     report = tmp_path / "bench.json"
-    out = run_cli("benchmark", *models, *common, "--max-acc-drop", "-1", "--json", report, expect=1).output
-    assert "accuracy drop" in out and "--max-acc-drop -1" in out and str(int8_model_path) in out
+    out = run_cli("benchmark", *models, *common, "--max-acc-drop", "-100", "--json", report, expect=1).output
+    assert "accuracy drop" in out and "--max-acc-drop -100" in out and str(int8_model_path) in out
     result = json.loads(report.read_text())
     assert result["images"] == 300 and result["reference"] == str(small_run)
     rows = {Path(r["model"]).name: r for r in result["models"]}
@@ -168,7 +168,7 @@ def test_int8_budget_script_uses_existing_exports(small_run, float_tflite_path, 
     script = importlib.util.module_from_spec(spec_)
     spec_.loader.exec_module(script)
     result = CliRunner().invoke(script.main, ["--run", str(small_run), "--data", str(data_path), "--limit", "200",
-                                              "--runs", "5", "--max-acc-drop", "-1"])
+                                              "--runs", "5", "--max-acc-drop", "-100"])
     assert result.exit_code == 1 and "accuracy drop" in result.output, result.output
     assert "building" not in result.output  # the session's exports were reused
 

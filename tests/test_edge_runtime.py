@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from fer_edge import metadata, spec
 from fer_edge.edge_runtime import (ClassifierOptions, EmotionClassifier, EmotionPipeline, ModelError, PipelineOptions,
                                    create_detector)
+from fer_edge.edge_runtime.classifier import SHIPPED_MODEL
 from fer_edge.edge_runtime.commands import demo, predict
 from fer_edge.edge_runtime.detection import packaged_blazeface_path
 from fer_edge.edge_runtime.scenes import background, compose_scene, write_video
@@ -171,7 +172,17 @@ def test_unknown_detector():
 # ---------------------------------------------------------------- pipeline
 
 
-def test_pipeline_crops_agree_with_the_original_faces(classifier, scenes):
+@pytest.fixture(scope="module")
+def shipped_classifier():
+    if not SHIPPED_MODEL.is_file():
+        pytest.skip(f"no model ships at {SHIPPED_MODEL}")
+    return EmotionClassifier(ClassifierOptions(SHIPPED_MODEL, num_threads=1))
+
+
+def test_pipeline_crops_agree_with_the_original_faces(shipped_classifier, scenes):
+    # The shipped model, not the session's tiny one: its confident outputs make agreement measure
+    # the crop, where the tiny model's near-ties would measure noise.
+    classifier = shipped_classifier
     pipeline = EmotionPipeline(classifier, options=PipelineOptions(detector="blazeface"))
     agree = []
     for scene in scenes:
@@ -182,7 +193,7 @@ def test_pipeline_crops_agree_with_the_original_faces(classifier, scenes):
             if _iou(scene.boxes[index], face.box) >= 0.3:
                 agree.append(face.label == spec.CLASS_NAMES[int(classifier.classify([scene.faces[index]]).argmax())])
     assert len(agree) >= 0.85 * sum(len(s.boxes) for s in scenes)
-    assert np.mean(agree) >= 0.6
+    assert np.mean(agree) >= 0.7, np.mean(agree)  # 0.745 measured with the shipped model
 
 
 def test_pipeline_carries_boxes_between_detections(classifier, scenes):
