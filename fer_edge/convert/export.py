@@ -114,4 +114,5 @@ def model_card(report: ModelReport, quantization: str, source: SourceModel, name
 def input_maps_raw_pixels(report: ModelReport) -> bool:
     """True when the int8 input is scale 1/255, zero-point -128: a raw pixel p feeds exactly p - 128."""
     tensor = report.input
-    return tensor.dtype == "int8" and tensor.zero_point == -128 and abs(tensor.scale * 255.0 - 1.0) < 1e-6
+    return (tensor.dtype == "int8" and tensor.zero_point == -128
+            and abs(tensor.scale - spec.PREPROCESSING["scale"]) < 1e-9)
