@@ -49,8 +49,13 @@ class EmotionClassifier:
     def __init__(self, options: ClassifierOptions):
         self.options = options
         path = Path(options.model_path)
-        if options.verify_sha256 and path.is_file() and _sha256(path) != options.verify_sha256.lower():
-            raise ModelError(f"{path}: sha256 does not match the expected {options.verify_sha256}")
+        expected = options.verify_sha256
+        if expected is None and path.resolve() == SHIPPED_MODEL:
+            from fer_edge.card import shipped_sha256
+
+            expected = shipped_sha256()  # the shipped file must be the one its model card describes
+        if expected and path.is_file() and _sha256(path) != expected.lower():
+            raise ModelError(f"{path}: sha256 does not match the expected {expected}")
         self.metadata = metadata.read(path) if path.is_file() else None
         self._check_metadata(path)
         self._interpreter = make_interpreter(path, options.num_threads, options.device, options.fallback_cpu)

@@ -51,10 +51,6 @@ def build_pipeline(model_path, verify_sha256, threads, device, fallback_cpu, det
 
     if model_path is None and not SHIPPED_MODEL.is_file():
         raise click.UsageError(f"no model is shipped at {SHIPPED_MODEL} in this install: pass --model PATH.tflite")
-    if model_path is None and verify_sha256 is None:
-        from fer_edge.card import shipped_sha256
-
-        verify_sha256 = shipped_sha256()  # the shipped file must be the one its model card describes
     try:
         classifier = EmotionClassifier(ClassifierOptions(model_path or SHIPPED_MODEL, threads, device, fallback_cpu,
                                                          verify_sha256))
