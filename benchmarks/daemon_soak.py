@@ -107,7 +107,7 @@ def wait_for(port: int, frames: float, process: subprocess.Popen, timeout: float
 @click.option("--max-growth-mb", type=float, default=20.0, show_default=True,
               help="Fail when RSS grows more than this after warm-up.")
 @click.option("--mqtt-port", type=int, help="Also publish to an MQTT broker on 127.0.0.1 at this port.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the results as JSON.")
+@click.option("--out", "json_path", type=click.Path(dir_okay=False), help="Also write the results as JSON.")
 def soak(model, data, frames, warmup, detector, detect_every, threads, max_growth_mb, mqtt_port, json_path) -> None:
     """Run the daemon flat out over a looped video and check its memory stays flat."""
     with tempfile.TemporaryDirectory() as tmp:

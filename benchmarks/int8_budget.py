@@ -4,7 +4,7 @@ Builds whatever a run folder is missing (`model_float32.tflite`, `model_int8.tfl
 `--qat-run`, that run's `model_int8.tflite`), then runs `fer-edge benchmark` on all of them: a
 table, optional JSON, and exit status 1 when an int8 model loses more than the budget.
 
-    python benchmarks/int8_budget.py --run runs/edge_v1 --qat-run runs/edge_v1_qat --json budget.json
+    python benchmarks/int8_budget.py --run runs/edge_v1 --qat-run runs/edge_v1_qat --out budget.json
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from fer_edge.errors import FerEdgeError
 
 def build_missing(run: Path, int8: bool, data_path, calibration: int, rebuild: bool) -> Path:
     from fer_edge.convert.export import export
-    from fer_edge.convert.source import load_source
+    from fer_edge.train.source import load_source
     from fer_edge.train.data import load_dataset
 
     out = run / f"model_{'int8' if int8 else 'float32'}.tflite"
@@ -38,20 +38,20 @@ def build_missing(run: Path, int8: bool, data_path, calibration: int, rebuild: b
 @click.option("--split", type=click.Choice(SPLITS), default="PrivateTest", show_default=True)
 @click.option("--limit", type=int, help="Use a stratified subset of this many images of the split.")
 @click.option("--calibration", type=int, default=500, show_default=True, help="Training faces for PTQ calibration.")
-@click.option("--runs", type=int, default=200, show_default=True, help="Invokes per latency median.")
+@click.option("--invokes", type=int, default=200, show_default=True, help="Invokes per latency median.")
 @click.option("--max-acc-drop", type=float, default=1.0, show_default=True)
 @click.option("--max-f1-drop", type=float, default=0.01, show_default=True)
-@click.option("--json", "json_out", type=click.Path(), help="Write the results as JSON to this file.")
+@click.option("--out", "json_out", type=click.Path(), help="Write the results as JSON to this file.")
 @click.option("--rebuild", is_flag=True, help="Convert again even where the .tflite files exist.")
 @click.pass_context
-def main(ctx, run, qat_run, data_path, split, limit, calibration, runs, max_acc_drop, max_f1_drop, json_out, rebuild):
+def main(ctx, run, qat_run, data_path, split, limit, calibration, invokes, max_acc_drop, max_f1_drop, json_out, rebuild):
     """Measure what int8 conversion costs a run, against an accuracy and macro-F1 budget."""
     try:
         models = [str(run), str(build_missing(run, False, data_path, calibration, rebuild)),
                   str(build_missing(run, True, data_path, calibration, rebuild))]
         if qat_run:
             models.append(str(build_missing(qat_run, True, data_path, calibration, rebuild)))
-        ctx.invoke(benchmark, models=models, data_path=data_path, split=split, limit=limit, runs=runs,
+        ctx.invoke(benchmark, models=models, data_path=data_path, split=split, limit=limit, invokes=invokes,
                    max_acc_drop=max_acc_drop, max_f1_drop=max_f1_drop, json_out=json_out)
     except FerEdgeError as exc:
         raise click.ClickException(str(exc)) from None

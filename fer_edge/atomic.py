@@ -7,6 +7,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from fer_edge.errors import FerEdgeError
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | Path):
@@ -42,3 +44,26 @@ def write_text(target: str | Path, text: str) -> None:
 
 def write_json(target: str | Path, obj) -> None:
     write_text(target, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def check_can_create(target: str | Path, flag: str, folder: bool = False) -> None:
+    """Fail before any expensive work when `target` (a file or folder) could not be written.
+
+    Nothing is left behind: a nameless temporary file is created and removed in the nearest
+    existing folder, and `target`, where it exists, must be of the kind asked for.
+    """
+    target = Path(target)
+    if target.exists() and target.is_dir() != folder:
+        raise FerEdgeError(f"{flag}: {target} is a {'file' if folder else 'folder'}; give a {'folder' if folder else 'file'} path")
+    probe = target
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe != target and not probe.is_dir():
+        raise FerEdgeError(f"{flag}: cannot create {target}: {probe} is a file, not a folder")
+    try:  # a real write, not os.access: root passes access checks on read-only mounts and /proc
+        with tempfile.TemporaryFile(dir=probe if probe.is_dir() else probe.parent):
+            pass
+    except OSError as exc:
+        raise FerEdgeError(f"{flag}: cannot write {target} ({exc.strerror})") from None

@@ -91,7 +91,7 @@ def test_float32_export_fails_the_int8_requirement(float_tflite_path):
 def test_qat_wraps_every_layer_and_the_se_multiply():
     import tensorflow_model_optimization as tfmot
 
-    from fer_edge.convert.qat import SEScaleQuantizeConfig, is_qat_model, quantize_for_training
+    from fer_edge.train.qat import SEScaleQuantizeConfig, is_qat_model, quantize_for_training
     from fer_edge.train.models import build_model
     from fer_edge.train.tf_setup import tf
 
@@ -119,8 +119,8 @@ def test_qat_export_quantizes_se_multiply(qat_int8_path):
 
 
 def test_qat_models_reload(qat_run, dataset):
-    from fer_edge.convert.source import load_source
-    from fer_edge.train.trainer import load_run_model
+    from fer_edge.train.source import load_source
+    from fer_edge.train.run import load_run_model
 
     faces = spec.preprocess_faces(dataset.images[:16])
     whole = load_source(qat_run / "qat_model.h5")
@@ -131,26 +131,31 @@ def test_qat_models_reload(qat_run, dataset):
     assert {"PublicTest", "PrivateTest"} <= set(final)
 
 
-def test_qat_run_resumes_from_its_checkpoint(qat_run, dataset, tmp_path):
-    from fer_edge.convert.qat import train_qat
+def test_qat_run_extends_with_resume_epochs(qat_run, dataset, data_path, tmp_path):
     from fer_edge.errors import FerEdgeError
+    from fer_edge.train.trainer import start_qat
 
     with pytest.raises(FerEdgeError, match="already holds a run"):
-        train_qat(json.loads((qat_run / "config.json").read_text())["qat_from"], qat_run, dataset=dataset)
+        start_qat(json.loads((qat_run / "config.json").read_text())["qat_from"], qat_run, dataset=dataset)
+    out = run_cli("train", "--qat", "--from", qat_run, "--out", tmp_path / "x", expect=1).output
+    assert "already a QAT run" in out and not (tmp_path / "x").exists()
+    out = run_cli("train", "--qat", "--from", qat_run, "--widths", "8,8,8,8", "--out", tmp_path / "y", expect=1).output
+    assert "--widths: a QAT run keeps the network" in out
     run = shutil.copytree(qat_run, tmp_path / "longer")
+    run_cli("train", "--resume", "--out", run, "--epochs", "2", "--data", data_path)
     config = json.loads((run / "config.json").read_text())
-    (run / "config.json").write_text(json.dumps({**config, "epochs": 2}))
-    train_qat(None, run, resume=True, dataset=dataset)
+    assert config["epochs"] == 2 and config["extensions"] == [{"after_epoch": 1, "from": 1, "to": 2}]
     state = json.loads((run / "state.json").read_text())
     assert [h["epoch"] for h in state["history"]] == [1, 2]
-    assert json.loads((run / "final_metrics.json").read_text())["epochs_run"] == 2
+    final = json.loads((run / "final_metrics.json").read_text())
+    assert final["epochs_run"] == 2 and final["extensions"] == config["extensions"]
 
 
 def test_benchmark_table_json_and_budget_exit(small_run, float_tflite_path, int8_model_path, data_path, tmp_path, dataset):
     models = [small_run, float_tflite_path, int8_model_path]
-    common = ["--data", data_path, "--limit", "300", "--runs", "5"]
+    common = ["--data", data_path, "--limit", "300", "--invokes", "5"]
     report = tmp_path / "bench.json"
-    out = run_cli("benchmark", *models, *common, "--max-acc-drop", "-100", "--json", report, expect=1).output
+    out = run_cli("benchmark", *models, *common, "--max-acc-drop", "-100", "--out", report, expect=1).output
     assert "accuracy drop" in out and "--max-acc-drop -100" in out and str(int8_model_path) in out
     result = json.loads(report.read_text())
     assert result["images"] == min(300, len(dataset.indices("PrivateTest"))) and result["reference"] == str(small_run)
@@ -168,7 +173,7 @@ def test_int8_budget_script_uses_existing_exports(small_run, float_tflite_path, 
     script = importlib.util.module_from_spec(spec_)
     spec_.loader.exec_module(script)
     result = CliRunner().invoke(script.main, ["--run", str(small_run), "--data", str(data_path), "--limit", "200",
-                                              "--runs", "5", "--max-acc-drop", "-100"])
+                                              "--invokes", "5", "--max-acc-drop", "-100"])
     assert result.exit_code == 1 and "accuracy drop" in result.output, result.output
     assert "building" not in result.output  # the session's exports were reused
 

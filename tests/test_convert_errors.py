@@ -14,7 +14,7 @@ from fer_edge.convert.inspect import ModelReport, OpInfo, TensorInfo
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> Path:
     """Tiny untrained models saved the ways users save them: right, wrong input, wrong classes, QAT."""
-    from fer_edge.convert.qat import quantize_for_training
+    from fer_edge.train.qat import quantize_for_training
     from fer_edge.train.models import build_model
     from fer_edge.train.tf_setup import tf
 

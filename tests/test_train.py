@@ -158,7 +158,7 @@ def test_small_training_learns(small_run):
 
 def test_evaluate_verb_writes_report(small_run, data_path, tmp_path):
     out = tmp_path / "eval"
-    text = run_cli("evaluate", small_run, "--data", data_path, "--split", "PrivateTest", "--out", out, "--tta-flip").output
+    text = run_cli("evaluate", small_run, "--data", data_path, "--split", "PrivateTest", "--out", out, "--tta", "flip").output
     assert "PrivateTest: accuracy" in text
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"accuracy", "f1_weighted", "f1_macro", "per_class"} <= set(metrics)
@@ -180,14 +180,19 @@ def test_compare_table(small_run):
 
 
 def _train_cmd(data, out, *extra):
-    return [sys.executable, "-m", "fer_edge", "train", "--data", str(data), "--model", "baseline",
+    return [sys.executable, "-m", "fer_edge", "train", "--data", str(data), "--arch", "baseline",
             "--train-limit", "1500", "--val-limit", "300", "--epochs", "4", "--out", str(out), *extra]
+
+
+def _history(run):
+    return list(csv.DictReader(open(run / "history.csv")))
 
 
 def test_resume_after_kill_ends_where_an_uninterrupted_run_would(tmp_path):
     data = write_generated_npz(tmp_path / "faces.npz", n_per_class=300)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     run = tmp_path / "killed"
+    resume = [sys.executable, "-m", "fer_edge", "train", "--resume", "--out", str(run)]
     proc = subprocess.Popen(_train_cmd(data, run), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
@@ -200,15 +205,31 @@ def test_resume_after_kill_ends_where_an_uninterrupted_run_would(tmp_path):
     proc.wait()
     killed_at = json.loads((run / "state.json").read_text())["epoch"]
     assert 1 <= killed_at < 4
-    subprocess.run(_train_cmd(data, run, "--resume"), env=env, check=True, capture_output=True)
+    refused = subprocess.run(resume + ["--lr", "0.1"], env=env, capture_output=True, text=True)
+    assert refused.returncode == 1 and "--lr: a resumed run keeps its config.json" in refused.stderr
+    subprocess.run(resume, env=env, check=True, capture_output=True)
     reference = tmp_path / "reference"
     subprocess.run(_train_cmd(data, reference), env=env, check=True, capture_output=True)
-    resumed = list(csv.DictReader(open(run / "history.csv")))
-    straight = list(csv.DictReader(open(reference / "history.csv")))
+    resumed, straight = _history(run), _history(reference)
     assert [r["epoch"] for r in resumed] == ["1", "2", "3", "4"]
-    # Same optimizer step count and schedule position at every epoch as the uninterrupted run.
+    # The same images in the same order, and the same optimizer step and schedule position, at
+    # every epoch as the uninterrupted run.
+    assert [r["order"] for r in resumed] == [r["order"] for r in straight]
     assert [float(r["lr"]) for r in resumed] == pytest.approx([float(r["lr"]) for r in straight], rel=1e-6)
     assert json.loads((run / "final_metrics.json").read_text())["epochs_run"] == 4
+
+    # A kill after epoch 4's checkpoint was saved but before state.json named it: the state still
+    # says epoch 3, and resuming must restore epoch 3's checkpoint, not the newer one.
+    state = json.loads((run / "state.json").read_text())
+    (run / "state.json").write_text(json.dumps({**state, "epoch": 3, "history": state["history"][:3],
+                                                "checkpoint": "ckpt-3"}))
+    subprocess.run(resume, env=env, check=True, capture_output=True)
+    assert [r["order"] for r in _history(run)] == [r["order"] for r in straight]
+    assert float(_history(run)[-1]["lr"]) == pytest.approx(float(straight[-1]["lr"]), rel=1e-6)
+    # A state whose checkpoint is gone is refused, not silently replaced by another epoch's.
+    (run / "state.json").write_text(json.dumps({**state, "epoch": 2, "history": state["history"][:2]}))
+    refused = subprocess.run(resume, env=env, capture_output=True, text=True)
+    assert refused.returncode == 1 and "ckpt-2 is missing" in refused.stderr and "Traceback" not in refused.stderr
 
 
 def test_distributed_path_on_two_logical_cpus(tmp_path):

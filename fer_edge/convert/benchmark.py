@@ -60,7 +60,7 @@ def measure(ref: str | Path, images: np.ndarray, labels: np.ndarray, latency_run
         predictor, fmt, size = load_predictor(path), "tflite", report.size_bytes
         latency = latency_ms(path, images[0], latency_runs) if latency_runs else None
     else:
-        from fer_edge.convert.source import load_source
+        from fer_edge.train.source import load_source
 
         source = load_source(path)
         quantization = "qat" if source.qat else "float32"

@@ -13,7 +13,8 @@ import click
 
 from fer_edge import atomic
 from fer_edge.errors import FerEdgeError
-from fer_edge.train.commands import DATA_HELP, SPLITS
+from fer_edge.train.commands import DATA_HELP
+from fer_edge.train.data import SPLITS
 
 
 def default_out(model: Path, int8: bool) -> Path:
@@ -38,7 +39,7 @@ def convert(model, int8, out, data_path, calibration, seed, name, model_version,
     """Convert a run folder or Keras model to .tflite (int8: fixed batch 1, every op int8)."""
     from fer_edge.convert import edgetpu as tpu
     from fer_edge.convert.export import export, input_maps_raw_pixels
-    from fer_edge.convert.source import load_source
+    from fer_edge.train.source import load_source
     from fer_edge.train.data import load_dataset
 
     if edgetpu:
@@ -127,13 +128,13 @@ def inspect_command(model, require_int8, target, as_json):
 @click.option("--data", "data_path", type=click.Path(), help=DATA_HELP)
 @click.option("--split", type=click.Choice(SPLITS), default="PrivateTest", show_default=True)
 @click.option("--limit", type=int, help="Use a stratified subset of this many images of the split.")
-@click.option("--runs", type=int, default=100, show_default=True, help="Invokes per latency median (0: skip).")
+@click.option("--invokes", type=int, default=100, show_default=True, help="Invokes per latency median (0: skip).")
 @click.option("--max-acc-drop", type=float, default=1.0, show_default=True,
               help="Budget: accuracy points an int8 model may lose against the float model.")
 @click.option("--max-f1-drop", type=float, default=0.01, show_default=True,
               help="Budget: macro F1 an int8 model may lose against the float model.")
-@click.option("--json", "json_out", type=click.Path(), help="Also write the results as JSON to this file.")
-def benchmark(models, data_path, split, limit, runs, max_acc_drop, max_f1_drop, json_out):
+@click.option("--out", "json_out", type=click.Path(), help="Also write the results as JSON to this file.")
+def benchmark(models, data_path, split, limit, invokes, max_acc_drop, max_f1_drop, json_out):
     """Compare float and int8 models on the same faces; exit 1 when an int8 model breaks a budget."""
     from fer_edge.convert.benchmark import benchmark as run_benchmark
     from fer_edge.convert.benchmark import budget_violations, reference_row, table
@@ -143,7 +144,7 @@ def benchmark(models, data_path, split, limit, runs, max_acc_drop, max_f1_drop, 
     idx = ds.subset(split, limit) if limit else ds.indices(split)
     if len(idx) == 0:
         raise FerEdgeError(f"--split: {split} is empty in {ds.source}")
-    rows = run_benchmark(models, ds.images[idx], ds.labels[idx].astype("int64"), runs)
+    rows = run_benchmark(models, ds.images[idx], ds.labels[idx].astype("int64"), invokes)
     problems = budget_violations(rows, max_acc_drop, max_f1_drop)
     reference = reference_row(rows)
     click.echo(f"{split}: {len(idx)} images of {ds.source}; agreement against "

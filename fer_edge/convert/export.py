@@ -12,7 +12,7 @@ import numpy as np
 
 from fer_edge import __version__, atomic, metadata, spec
 from fer_edge.convert.inspect import ModelReport, inspect_model
-from fer_edge.convert.source import SourceModel
+from fer_edge.train.source import SourceModel
 from fer_edge.errors import FerEdgeError
 
 DEFAULT_CALIBRATION = 500
@@ -34,7 +34,7 @@ def to_tflite(model, int8: bool, calibration: np.ndarray | None = None) -> bytes
     `int8=True` gives int8 input and output and int8 kernels throughout. A QAT model brings its
     own ranges; a float model needs `calibration` faces for post-training quantization.
     """
-    from fer_edge.convert.qat import is_qat_model
+    from fer_edge.train.qat import is_qat_model
     from fer_edge.train.tf_setup import tf
 
     qat = is_qat_model(model)

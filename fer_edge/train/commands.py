@@ -6,10 +6,11 @@ from pathlib import Path
 
 import click
 
+from fer_edge.errors import FerEdgeError
 from fer_edge.spec import CLASS_NAMES
+from fer_edge.train.data import SPLITS
 
 DATA_HELP = "FER2013 as .npz, challenge CSV or image folder (default: $FER_EDGE_DATA or ../shared/data/fer2013/fer2013.npz)"
-SPLITS = ("Training", "PublicTest", "PrivateTest")
 
 
 @click.group()
@@ -54,72 +55,92 @@ def models():
         click.echo(f"{name:<10}{preset:<10}{m.count_params():>12,}{count_macs(m) / 1e6:>10.1f}  {desc}")
 
 
-def _int_tuple(value):
-    return tuple(int(v) for v in value.split(",")) if value else None
+def _int_tuple(flag: str):
+    def parse(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            return tuple(int(v) for v in value.split(","))
+        except ValueError:
+            raise click.BadParameter(f"{value!r} is not a comma-separated list of integers, e.g. 32,64,128,256",
+                                     param_hint=flag) from None
+    return parse
 
 
 @click.command()
-@click.option("--data", "data_path", type=click.Path(), help=DATA_HELP)
-@click.option("--model", type=click.Choice(["seresnet", "baseline"]), default="seresnet", show_default=True)
-@click.option("--preset", type=click.Choice(["paper", "edge", "edgetpu"]), default="edge", show_default=True)
-@click.option("--widths", help="Override stage widths, e.g. 32,64,128,256.")
-@click.option("--blocks", help="Override blocks per stage, e.g. 2,2,2,2.")
-@click.option("--stem-stride", type=int)
-@click.option("--no-se", is_flag=True, help="Turn squeeze-and-excitation off.")
-@click.option("--epochs", type=int, default=30, show_default=True)
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--warmup-epochs", type=float, default=1.0, show_default=True)
-@click.option("--label-smoothing", type=float, default=0.1, show_default=True)
-@click.option("--patience", type=int, default=10, show_default=True, help="Early-stopping patience in epochs.")
-@click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto", show_default=True)
-@click.option("--class-weight", is_flag=True, help="Weight the loss by inverse class frequency.")
-@click.option("--oversample", is_flag=True, help="Sample classes uniformly each epoch.")
-@click.option("--rotation", type=float, default=10.0, show_default=True, help="Max rotation, degrees.")
-@click.option("--zoom", type=float, default=0.1, show_default=True)
-@click.option("--shift", type=float, default=0.1, show_default=True)
-@click.option("--no-flip", is_flag=True)
-@click.option("--erasing", type=float, default=0.0, show_default=True, help="Random-erasing probability.")
-@click.option("--mixup", type=float, default=0.0, show_default=True, help="Mixup Beta alpha (0 = off).")
+@click.option("--data", type=click.Path(), help=DATA_HELP)
+@click.option("--arch", type=click.Choice(["seresnet", "baseline"]), help="Architecture [default: seresnet].")
+@click.option("--preset", type=click.Choice(["paper", "edge", "edgetpu"]), help="SE-ResNet preset [default: edge].")
+@click.option("--widths", callback=_int_tuple("--widths"), help="Override stage widths, e.g. 32,64,128,256.")
+@click.option("--blocks", callback=_int_tuple("--blocks"), help="Override blocks per stage, e.g. 2,2,2,2.")
+@click.option("--stem-stride", type=int, help="Stride of the stem convolution (1 or 2) [default: 1].")
+@click.option("--no-se", is_flag=True, default=None, help="Turn squeeze-and-excitation off.")
+@click.option("--epochs", type=int, help="Epochs of the cosine schedule [default: 30; QAT 5]. With --resume: "
+                                         "extend (or shorten) the run, recorded in config.json.")
+@click.option("--batch-size", type=int, help="[default: 64]")
+@click.option("--lr", type=float, help="Peak learning rate [default: 1e-3; QAT 1e-4].")
+@click.option("--warmup-epochs", type=float, help="[default: 1]")
+@click.option("--label-smoothing", type=float, help="[default: 0.1]")
+@click.option("--patience", type=int, help="Early-stopping patience in epochs [default: 10].")
+@click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), help="[default: auto]")
+@click.option("--class-weight", is_flag=True, default=None, help="Weight the loss by inverse class frequency.")
+@click.option("--oversample", is_flag=True, default=None, help="Sample classes uniformly each epoch.")
+@click.option("--rotation", type=float, help="Max rotation, degrees [default: 10].")
+@click.option("--zoom", type=float, help="[default: 0.1]")
+@click.option("--shift", type=float, help="[default: 0.1]")
+@click.option("--no-flip", is_flag=True, default=None)
+@click.option("--erasing", type=float, help="Random-erasing probability [default: 0].")
+@click.option("--mixup", type=float, help="Mixup Beta alpha [default: 0 = off].")
 @click.option("--train-limit", type=int, help="Train on a stratified subset of this many images.")
 @click.option("--val-limit", type=int, help="Validate on a stratified subset of this many images.")
-@click.option("--logical-cpus", type=int, default=0, help="Mirror across N logical CPU devices (tests the distributed path).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", type=click.Path(), default="runs/train", show_default=True, help="Run folder.")
+@click.option("--logical-cpus", type=int, help="Mirror across N logical CPU devices (tests the distributed path).")
+@click.option("--seed", type=int, help="[default: 0]")
+@click.option("--out", type=click.Path(), help="Run folder [default: runs/train].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last epoch checkpoint.")
 @click.option("--qat", is_flag=True, help="Quantization-aware fine-tuning of the float run given by --from.")
 @click.option("--from", "from_run", type=click.Path(), help="With --qat: the finished float run to fine-tune.")
-def train(data_path, model, preset, widths, blocks, stem_stride, no_se, rotation, zoom, shift, no_flip, erasing,
-          mixup, resume, qat, from_run, **kw):
+def train(resume, qat, from_run, **kw):
     """Train a model on FER2013 (select on PublicTest, report PrivateTest).
 
     With --qat --from RUN: fine-tune RUN's best weights with fake int8 quantization (default 5
-    epochs at lr 1e-4, no warm-up; --epochs and --lr override), ready for `convert --int8`.
+    epochs at lr 1e-4, no warm-up), ready for `convert --int8`. With --resume: continue the run in
+    --out exactly where it stopped; only --epochs (and --data, for the same data moved) may be given.
     """
+    from fer_edge.train import config, trainer
     from fer_edge.train.augment import AugmentConfig
-    from fer_edge.train.trainer import TrainConfig
-    from fer_edge.train.trainer import train as run_training
 
-    if qat:
-        from fer_edge.convert.qat import QAT_EPOCHS, QAT_LR, train_qat
-
-        if not (from_run or resume):
-            raise click.UsageError("--qat needs --from RUN (the finished float run to fine-tune)")
-        src = click.get_current_context().get_parameter_source
-        explicit = {k: kw[k] for k in ("batch_size", "patience", "train_limit", "val_limit", "seed")
-                    if src(k) != click.core.ParameterSource.DEFAULT}
-        run = train_qat(from_run, kw["out"], epochs=kw["epochs"] if src("epochs").name != "DEFAULT" else QAT_EPOCHS,
-                        lr=kw["lr"] if src("lr").name != "DEFAULT" else QAT_LR, resume=resume, data=data_path, **explicit)
-        click.echo(f"run folder: {run}")
-        return
-
-    overrides = {k: v for k, v in {"widths": _int_tuple(widths), "blocks": _int_tuple(blocks),
-                                   "stem_stride": stem_stride, "se": False if no_se else None}.items() if v is not None}
-    cfg = TrainConfig(data=data_path, model=model, preset=preset, overrides=overrides,
-                      augment=AugmentConfig(flip=not no_flip, rotation=rotation, zoom=zoom, shift=shift,
-                                            erasing=erasing, mixup=mixup), **kw)
-    run = run_training(cfg, resume=resume)
+    given = {k: v for k, v in kw.items() if v is not None}
+    if resume:
+        refused = sorted(set(given) - {"out", "epochs", "data"}) + (["--from"] if from_run else [])
+        if refused:
+            raise FerEdgeError(f"{_flag(refused[0])}: a resumed run keeps its config.json; only --epochs "
+                                   "(to extend it) and --data may be given with --resume")
+        run = trainer.resume(given.get("out", config.TrainConfig.out), epochs=given.get("epochs"), data=given.get("data"))
+    elif qat:
+        if not from_run:
+            raise FerEdgeError("--qat needs --from RUN (the finished float run to fine-tune)")
+        refused = sorted(set(given) - set(config.QAT_OVERRIDABLE) - {"out"})
+        if refused:
+            raise FerEdgeError(f"{_flag(refused[0])}: a QAT run keeps the network and augmentation of --from "
+                                   f"{from_run}; it may change only " + ", ".join(map(_flag, config.QAT_OVERRIDABLE)))
+        run = trainer.start_qat(from_run, given.pop("out", config.TrainConfig.out), **given)
+    else:
+        if from_run:
+            raise FerEdgeError("--from: only with --qat")
+        overrides = {k: given.pop(k) for k in ("widths", "blocks", "stem_stride") if k in given}
+        if given.pop("no_se", False):
+            overrides["se"] = False
+        augment = {k: given.pop(k) for k in ("rotation", "zoom", "shift", "erasing", "mixup") if k in given}
+        if given.pop("no_flip", False):
+            augment["flip"] = False
+        if "arch" in given:
+            given["model"] = given.pop("arch")
+        run = trainer.train(config.TrainConfig(overrides=overrides, augment=AugmentConfig(**augment), **given))
     click.echo(f"run folder: {run}")
+
+
+def _flag(name: str) -> str:
+    return {"arch": "--arch", "no_se": "--no-se", "no_flip": "--no-flip"}.get(name, "--" + name.replace("_", "-"))
 
 
 @click.command()
@@ -127,14 +148,15 @@ def train(data_path, model, preset, widths, blocks, stem_stride, no_se, rotation
 @click.option("--data", "data_path", type=click.Path(), help=DATA_HELP)
 @click.option("--split", type=click.Choice(SPLITS), default="PrivateTest", show_default=True)
 @click.option("--out", type=click.Path(), help="Folder for metrics.json, the report and confusion matrices.")
-@click.option("--tta-flip", is_flag=True, help="Average predictions with the horizontally flipped face.")
+@click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True,
+              help="flip: average each face's probabilities with its mirror image's.")
 @click.option("--limit", type=int, help="Evaluate a stratified subset of this many images.")
-def evaluate(model, data_path, split, out, tta_flip, limit):
+def evaluate(model, data_path, split, out, tta, limit):
     """Evaluate a run folder, Keras model or .tflite (float or int8) on a split."""
     from fer_edge.train.data import load_dataset
     from fer_edge.train.evaluate import evaluate_split, summary_line
 
-    metrics = evaluate_split(model, load_dataset(data_path), split, out_dir=out, tta_flip=tta_flip, limit=limit)
+    metrics = evaluate_split(model, load_dataset(data_path), split, out_dir=out, tta_flip=tta == "flip", limit=limit)
     click.echo(summary_line(metrics))
     click.echo(" ".join(f"{c} R={m['recall']:.2f}" for c, m in metrics["per_class"].items()))
     if out:

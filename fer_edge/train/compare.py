@@ -1,18 +1,14 @@
 """The deck's comparison table (manual SE-ResNet vs shallow baseline) from measured runs."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from fer_edge.errors import FerEdgeError
+from fer_edge.train import run as runs
 
 
 def run_row(run: Path) -> dict:
-    try:
-        cfg = json.loads((run / "config.json").read_text())
-        final = json.loads((run / "final_metrics.json").read_text())
-    except FileNotFoundError as exc:
-        raise FerEdgeError(f"{run}: not a finished run ({Path(exc.filename).name} missing)") from None
+    cfg = runs.config_dict(run)
+    final = runs.read_json(run / runs.FINAL_METRICS)
     name = cfg["model"] + (f" ({cfg['preset']})" if cfg["model"] == "seresnet" else "")
     if cfg.get("qat_from"):
         name += ", QAT"

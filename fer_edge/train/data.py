@@ -35,16 +35,11 @@ class FerDataset:
     dup_group: np.ndarray | None = None
     ferplus_votes: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)
-    skipped: int = 0
 
     def indices(self, split: str) -> np.ndarray:
         if split not in SPLITS:
             raise FerEdgeError(f"--split: unknown split {split!r}; choose from {', '.join(SPLITS)}")
         return np.flatnonzero(self.usage == split)
-
-    def split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        idx = self.indices(split)
-        return self.images[idx], self.labels[idx]
 
     def leaked(self, split: str) -> np.ndarray | None:
         """Mask over `split`: True where an exact pixel copy of the image is in Training."""
@@ -181,7 +176,7 @@ def _canonical_split(name: str) -> str:
 
 def _from_lists(images, labels, usage, path: Path, skipped: int) -> FerDataset:
     stack = np.stack(images) if images else np.zeros((0, INPUT_SIZE, INPUT_SIZE), np.uint8)
-    ds = FerDataset(stack, np.array(labels, np.uint8), np.array(usage, dtype="<U11"), str(path), skipped=skipped)
+    ds = FerDataset(stack, np.array(labels, np.uint8), np.array(usage, dtype="<U11"), str(path))
     if skipped:
         ds.notes.append(f"skipped {skipped} bad entries")
     return ds

@@ -1,7 +1,6 @@
 """One metrics code path for Keras models, training runs and `.tflite` files (float or int8)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +40,7 @@ def load_predictor(ref):
         if not path.exists():
             raise FerEdgeError(f"{path}: no such model file")
         return TFLitePredictor(path)
-    from fer_edge.convert.source import load_source
+    from fer_edge.train.source import load_source
 
     return KerasPredictor(load_source(path).model)
 
@@ -114,7 +113,3 @@ def summary_line(metrics: dict) -> str:
     if "leakage_free" in metrics:
         line += f"  leakage-free accuracy {metrics['leakage_free']['accuracy']:.4f}"
     return line
-
-
-def load_metrics(path: Path) -> dict:
-    return json.loads(Path(path).read_text())

@@ -33,7 +33,6 @@ PRESETS: dict[str, SEResNetConfig] = {
     # ReLU because the Edge TPU compiler does not map LEAKY_RELU and cuts the graph there.
     "edgetpu": SEResNetConfig(widths=(32, 64, 128, 256), activation="relu"),
 }
-MODEL_NAMES = ("seresnet", "baseline")
 
 
 def activation(x, kind: str, name: str):
@@ -126,7 +125,7 @@ def build_model(model: str = "seresnet", preset: str = "edge", **overrides):
         return seresnet(resolve_config(preset, **overrides), name=f"seresnet_{preset}")
     if model == "baseline":
         return baseline()
-    raise ValueError(f"unknown model {model!r}; choose from {', '.join(MODEL_NAMES)}")
+    raise ValueError(f"unknown model {model!r}; choose seresnet or baseline")
 
 
 def model_config(model: str, preset: str, **overrides) -> dict:

@@ -8,10 +8,11 @@ continues from there, with the same per-epoch data order an uninterrupted run wo
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,49 +20,12 @@ import numpy as np
 from fer_edge import atomic
 from fer_edge.errors import FerEdgeError
 from fer_edge.spec import CLASS_NAMES, NUM_CLASSES, preprocess_faces
-from fer_edge.train.augment import AugmentConfig, augment_batch_fn
+from fer_edge.train import run as runs
+from fer_edge.train.augment import augment_batch_fn
+from fer_edge.train.config import TrainConfig
 from fer_edge.train.data import FerDataset, load_dataset
 from fer_edge.train.models import build_model, count_macs, model_config
 from fer_edge.train.tf_setup import tf
-
-BEST_WEIGHTS = "best_weights.h5"
-STATE = "state.json"
-
-
-@dataclass
-class TrainConfig:
-    out: str = "runs/train"
-    data: str | None = None
-    model: str = "seresnet"
-    preset: str = "edge"
-    overrides: dict = field(default_factory=dict)
-    """SEResNetConfig fields replacing the preset's (e.g. widths, blocks, stem_stride)."""
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 1e-3
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.1
-    patience: int = 10
-    seed: int = 0
-    precision: str = "auto"
-    """auto (bfloat16 on CPUs with AVX512-BF16, float16 on GPUs), float32, bfloat16 or float16."""
-    class_weight: bool = False
-    oversample: bool = False
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    train_limit: int | None = None
-    """Train on a stratified subset of this many images (quick runs and tests)."""
-    val_limit: int | None = None
-    logical_cpus: int = 0
-    """Split the CPU into this many logical devices and mirror across them (tests the distributed path)."""
-    qat_from: str | None = None
-    """Quantization-aware fine-tuning of this finished float run's best weights (see convert.qat)."""
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        d = {k: v for k, v in d.items() if k in known}
-        d["augment"] = AugmentConfig(**d.get("augment", {}))
-        return cls(**d)
 
 
 def resolve_precision(requested: str) -> str:
@@ -111,14 +75,16 @@ def epoch_order(labels: np.ndarray, epoch: int, seed: int, oversample: bool, bat
 
 
 def train_dataset(x, y_onehot, labels, cfg: TrainConfig, first_epoch: int):
+    """Batches for epochs `first_epoch`.. of the run, and each epoch's order fingerprint."""
     orders = [epoch_order(labels, e, cfg.seed, cfg.oversample, cfg.batch_size) for e in range(first_epoch, cfg.epochs)]
+    digests = {e: order_digest(o) for e, o in zip(range(first_epoch, cfg.epochs), orders)}
     steps = len(orders[0]) // cfg.batch_size
     x_t, y_t = tf.constant(x), tf.constant(y_onehot)
     ds = tf.data.Dataset.from_tensor_slices(np.concatenate(orders).astype(np.int32)).batch(cfg.batch_size)
     ds = ds.map(lambda i: (tf.gather(x_t, i), tf.gather(y_t, i)), num_parallel_calls=tf.data.AUTOTUNE)
     tf.keras.utils.set_random_seed(cfg.seed + first_epoch)
     ds = ds.map(augment_batch_fn(cfg.augment, cfg.seed), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE), steps
+    return ds.prefetch(tf.data.AUTOTUNE), steps, digests
 
 
 def one_hot(labels: np.ndarray) -> np.ndarray:
@@ -133,29 +99,40 @@ def learning_rate(cfg: TrainConfig, steps_per_epoch: int):
         alpha=0.01, warmup_target=cfg.lr if warmup else None, warmup_steps=warmup)
 
 
-class RunCheckpoint(tf.keras.callbacks.Callback):
-    """Per-epoch checkpoint, best-weights selection, early stopping, history CSV and curves."""
+def order_digest(order: np.ndarray) -> str:
+    """A short fingerprint of an epoch's image order, kept in the history to prove resumes match."""
+    return hashlib.sha256(np.ascontiguousarray(order, dtype=np.int64).tobytes()).hexdigest()[:16]
 
-    def __init__(self, run: Path, ckpt: tf.train.CheckpointManager, state: dict, patience: int, monitor: str):
+
+class RunCheckpoint(tf.keras.callbacks.Callback):
+    """Per-epoch checkpoint, best-weights selection, early stopping, history CSV and curves.
+
+    The epoch's checkpoint is saved before `state.json` names it, and two are kept, so a kill at
+    any point leaves a state whose checkpoint exists.
+    """
+
+    def __init__(self, run: Path, ckpt: tf.train.CheckpointManager, state: dict, patience: int, monitor: str,
+                 digests: dict[int, str]):
         super().__init__()
         self.run, self.ckpt, self.state, self.patience, self.monitor = run, ckpt, state, patience, monitor
+        self.digests = digests
 
     def on_epoch_end(self, epoch, logs=None):
         logs = {k: float(v) for k, v in (logs or {}).items()}
         lr = self.model.optimizer.learning_rate
         logs["lr"] = float(tf.keras.backend.get_value(lr(self.model.optimizer.iterations) if callable(lr) else lr))
         st = self.state
-        st["history"].append({"epoch": epoch + 1, **logs})
+        st["history"].append({"epoch": epoch + 1, **logs, "order": self.digests[epoch]})
         if logs[self.monitor] > st["best"]:
             st.update(best=logs[self.monitor], best_epoch=epoch + 1, wait=0)
-            with atomic.atomic_path(self.run / BEST_WEIGHTS) as tmp:
+            with atomic.atomic_path(self.run / runs.BEST_WEIGHTS) as tmp:
                 self.model.save_weights(str(tmp))
         else:
             st["wait"] += 1
         st["epoch"] = epoch + 1
         st["stopped_early"] = st["wait"] >= self.patience
-        self.ckpt.save(checkpoint_number=epoch + 1)
-        atomic.write_json(self.run / STATE, st)
+        st["checkpoint"] = Path(self.ckpt.save(checkpoint_number=epoch + 1)).name
+        runs.write_state(self.run, st)
         write_history(self.run, st["history"])
         if st["stopped_early"]:
             print(f"early stopping: no {self.monitor} gain for {self.patience} epochs", file=sys.stderr)
@@ -163,43 +140,76 @@ class RunCheckpoint(tf.keras.callbacks.Callback):
 
 
 def write_history(run: Path, history: list[dict]) -> None:
-    keys = list(history[0])
-    with atomic.atomic_path(run / "history.csv") as tmp, open(tmp, "w", newline="") as f:
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    with atomic.atomic_path(run / runs.HISTORY) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()
         writer.writerows(history)
     from fer_edge.train.plots import plot_curves
 
-    plot_curves(history, run / "curves.png")
+    plot_curves(history, run / runs.CURVES)
 
 
-def train(cfg: TrainConfig, resume: bool = False, dataset: FerDataset | None = None) -> Path:
-    """Train (or resume) a run; returns the run folder holding best weights and final metrics."""
+def train(cfg: TrainConfig, dataset: FerDataset | None = None) -> Path:
+    """Start a new run in `cfg.out`; returns the run folder holding best weights and final metrics."""
+    cfg.validate()
     run = Path(cfg.out)
-    state_file = run / STATE
-    if resume:
-        if not state_file.exists():
-            raise FerEdgeError(f"--resume: {run} has no {STATE}; start the run without --resume")
-        cfg = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
-        state = json.loads(state_file.read_text())
-    else:
-        if state_file.exists():
-            raise FerEdgeError(f"--out: {run} already holds a run; pass --resume to continue it or choose a new folder")
-        state = {"epoch": 0, "best": -1.0, "best_epoch": 0, "wait": 0, "history": [], "stopped_early": False}
-    if state["stopped_early"] or state["epoch"] >= cfg.epochs:
-        print(f"{run}: already finished at epoch {state['epoch']}", file=sys.stderr)
-        return run
+    if runs.has_state(run):
+        raise FerEdgeError(f"--out: {run} already holds a run; pass --resume to continue it or choose a new folder")
+    atomic.check_can_create(run, "--out", folder=True)
+    return _fit(cfg, runs.new_state(), dataset, resumed=False)
 
+
+def resume(out: str | Path, epochs: int | None = None, data: str | None = None,
+           dataset: FerDataset | None = None) -> Path:
+    """Continue the run in `out` from the checkpoint its state.json names.
+
+    `epochs` extends (or shortens, to no less than the epochs done) the schedule; the change is
+    recorded in config.json's `extensions`, and the cosine decay is re-stretched to the new length
+    from the current step. `data` points at the same data in a new place.
+    """
+    run = Path(out)
+    if not runs.has_state(run):
+        raise FerEdgeError(f"--resume: {run} has no {runs.STATE} (no finished epoch); start the run without --resume")
+    cfg, state = replace(runs.load_config(run), out=str(run)), runs.read_state(run)  # the folder may have moved
+    runs.resumable_checkpoint(run, state)
+    changed = {}
+    if data is not None and data != cfg.data:
+        changed["data"] = data
+    if epochs is not None and epochs != cfg.epochs:
+        if epochs < max(state["epoch"], 1):
+            raise FerEdgeError(f"--epochs: {epochs} is below the {state['epoch']} epochs {run} has already run")
+        changed["epochs"] = epochs
+        changed["extensions"] = [*cfg.extensions, {"after_epoch": state["epoch"], "from": cfg.epochs, "to": epochs}]
+        state.update(stopped_early=False, wait=0)  # an extension asks for the epochs even after an early stop
+        print(f"{run}: schedule changed from {cfg.epochs} to {epochs} epochs after epoch {state['epoch']}; "
+              "recorded in config.json", file=sys.stderr)
+    if changed:
+        cfg = replace(cfg, **changed).validate()
+        runs.write_config(run, {**runs.config_dict(run), **{k: v for k, v in changed.items()}})
+        runs.write_state(run, state)
+    if state["stopped_early"] or state["epoch"] >= cfg.epochs:
+        print(f"{run}: already finished at epoch {state['epoch']} (extend it with --resume --epochs N)", file=sys.stderr)
+        return run
+    return _fit(cfg, state, dataset, resumed=True)
+
+
+def _fit(cfg: TrainConfig, state: dict, dataset: FerDataset | None, resumed: bool) -> Path:
+    run = Path(cfg.out)
     ds = dataset or load_dataset(cfg.data)
     tr = ds.subset("Training", cfg.train_limit, cfg.seed) if cfg.train_limit else ds.indices("Training")
     va = ds.subset("PublicTest", cfg.val_limit, cfg.seed) if cfg.val_limit else ds.indices("PublicTest")
+    if cfg.batch_size > len(tr):
+        raise FerEdgeError(f"--batch-size: {cfg.batch_size} is larger than the {len(tr)} training images of {ds.source}")
+    if len(va) == 0:
+        raise FerEdgeError(f"--data: {ds.source} has no PublicTest (validation) images")
     x_train, y_train = preprocess_faces(ds.images[tr]), ds.labels[tr].astype(np.int64)
     x_val, y_val = preprocess_faces(ds.images[va]), ds.labels[va].astype(np.int64)
 
     strategy = make_strategy(cfg.logical_cpus)  # first: logical devices must precede any TF context use
     precision = resolve_precision(cfg.precision)
     set_precision(precision)
-    train_ds, steps = train_dataset(x_train, one_hot(y_train), y_train, cfg, state["epoch"])
+    train_ds, steps, digests = train_dataset(x_train, one_hot(y_train), y_train, cfg, state["epoch"])
     with strategy.scope():
         model = initial_model(cfg)
         optimizer = tf.keras.optimizers.Adam(learning_rate(cfg, steps))
@@ -207,12 +217,12 @@ def train(cfg: TrainConfig, resume: bool = False, dataset: FerDataset | None = N
                       loss=tf.keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
                       metrics=["accuracy"])
     ckpt = tf.train.CheckpointManager(tf.train.Checkpoint(model=model, optimizer=optimizer),
-                                      str(run / "checkpoint"), max_to_keep=1)
-    if resume:
-        ckpt.checkpoint.restore(ckpt.latest_checkpoint).expect_partial()
+                                      str(runs.checkpoint_dir(run)), max_to_keep=runs.CHECKPOINTS_KEPT)
+    if resumed:
+        ckpt.checkpoint.restore(str(runs.resumable_checkpoint(run, state))).expect_partial()
         print(f"resuming {run} after epoch {state['epoch']} (best val accuracy {state['best']:.4f})", file=sys.stderr)
     else:
-        atomic.write_json(run / "config.json", {
+        runs.write_config(run, {
             **asdict(cfg), "precision_resolved": precision, "class_names": list(CLASS_NAMES),
             "model_config": model_config(cfg.model, cfg.preset, **cfg.overrides),
             "params": int(model.count_params()), "macs": count_macs(model),
@@ -225,7 +235,7 @@ def train(cfg: TrainConfig, resume: bool = False, dataset: FerDataset | None = N
 
         weights = compute_class_weight("balanced", classes=np.arange(NUM_CLASSES), y=y_train)
         class_weight = dict(enumerate(weights.tolist()))
-    callback = RunCheckpoint(run, ckpt, state, cfg.patience, "val_accuracy")
+    callback = RunCheckpoint(run, ckpt, state, cfg.patience, "val_accuracy", digests)
     model.fit(train_ds, epochs=cfg.epochs, initial_epoch=state["epoch"], steps_per_epoch=steps,
               validation_data=(x_val, one_hot(y_val)), validation_batch_size=256,
               class_weight=class_weight, callbacks=[callback], verbose=1 if sys.stdout.isatty() else 2)
@@ -236,43 +246,44 @@ def train(cfg: TrainConfig, resume: bool = False, dataset: FerDataset | None = N
 def initial_model(cfg: TrainConfig):
     """A fresh network, or for QAT the float run's best weights wrapped in fake quantization."""
     if cfg.qat_from:
-        from fer_edge.convert.qat import quantize_for_training
+        from fer_edge.train.qat import quantize_for_training
 
-        return quantize_for_training(load_run_model(cfg.qat_from))
+        return quantize_for_training(runs.load_run_model(cfg.qat_from))
     return build_model(cfg.model, cfg.preset, **cfg.overrides)
 
 
-def load_run_model(run: str | Path):
-    """Rebuild a run's model (float, or quantization-aware for QAT runs) and load its best weights."""
-    run = Path(run)
-    cfg_file = run / "config.json"
-    if not cfg_file.exists() or not (run / BEST_WEIGHTS).exists():
-        raise FerEdgeError(f"{run}: not a finished training run (needs config.json and {BEST_WEIGHTS})")
-    cfg = TrainConfig.from_dict(json.loads(cfg_file.read_text()))
-    tf.keras.mixed_precision.set_global_policy("float32")
-    model = build_model(cfg.model, cfg.preset, **cfg.overrides)
-    if cfg.qat_from:
-        from fer_edge.convert.qat import quantize_for_training
+def start_qat(from_run: str | Path, out: str | Path, dataset: FerDataset | None = None, **overrides) -> Path:
+    """Fine-tune the finished float run `from_run` with fake quantization in a new run folder `out`.
 
-        model = quantize_for_training(model)
-    model.load_weights(str(run / BEST_WEIGHTS))
-    return model
+    This is the float trainer with the float run's best weights, quantized, as the starting model:
+    same data order, augmentation, per-epoch checkpoints, PublicTest selection, early stopping and
+    `--resume`. `overrides` (TrainConfig fields in config.QAT_OVERRIDABLE) replace the QAT
+    defaults or the float run's values; the run ends with `qat_model.h5` beside its best weights.
+    """
+    float_cfg = runs.load_config(from_run)
+    if float_cfg.qat_from:
+        raise FerEdgeError(f"--from: {from_run} is already a QAT run; give the float run it came from")
+    if not (Path(from_run) / runs.BEST_WEIGHTS).exists():
+        raise FerEdgeError(f"--from: {from_run} has no {runs.BEST_WEIGHTS} yet (the float run has not finished an epoch)")
+    return train(float_cfg.for_qat(str(from_run), str(out), **overrides), dataset=dataset)
 
 
 def finish(run: Path, ds: FerDataset) -> dict:
     """Evaluate the best weights on PublicTest and PrivateTest into final_metrics.json."""
     from fer_edge.train.evaluate import evaluate_split
 
-    model = load_run_model(run)
-    if json.loads((run / "config.json").read_text()).get("qat_from"):
-        from fer_edge.convert.qat import save_qat_model
+    model = runs.load_run_model(run)
+    if runs.is_qat(run):
+        from fer_edge.train.qat import save_qat_model
 
-        save_qat_model(model, run)
+        save_qat_model(model, run / runs.QAT_MODEL)
     final = {split: evaluate_split(model, ds, split, out_dir=run / f"eval_{split}")
              for split in ("PublicTest", "PrivateTest")}
-    state = json.loads((run / STATE).read_text())
-    summary = {"best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
+    state = runs.read_state(run)
+    cfg = runs.config_dict(run)
+    summary = {"best_epoch": state["best_epoch"], "epochs_run": state["epoch"], "epochs_planned": cfg["epochs"],
+               "extensions": cfg.get("extensions", []),
                **{s: {k: m[k] for k in ("accuracy", "f1_weighted", "f1_macro")} for s, m in final.items()}}
-    atomic.write_json(run / "final_metrics.json", summary)
+    atomic.write_json(run / runs.FINAL_METRICS, summary)
     print(json.dumps(summary, indent=2))
     return summary

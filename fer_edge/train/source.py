@@ -27,8 +27,8 @@ def load_source(ref: str | Path) -> SourceModel:
     Every problem (missing path, unreadable file, a model that does not take 48x48x1 faces or
     does not output 7 classes) raises FerEdgeError naming the path.
     """
-    from fer_edge.convert import qat
-    from fer_edge.train.trainer import load_run_model
+    from fer_edge.train import qat
+    from fer_edge.train.run import load_run_model
 
     path = Path(ref)
     if not path.exists():

@@ -1,0 +1,101 @@
+"""Every training setting and its default, in one place: the CLI passes only what the user typed.
+
+`TrainConfig.validate` checks the whole class of numeric options before any data is loaded or
+any file is written, naming the CLI flag of a bad value.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+
+from fer_edge.errors import FerEdgeError
+from fer_edge.train.augment import AugmentConfig
+
+ARCHS = ("seresnet", "baseline")
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+# QAT starts from converged weights and only absorbs 8-bit rounding: a few epochs at a tenth of the
+# float recipe's learning rate, without warm-up, in float32 (bfloat16 would round the learned ranges).
+QAT_DEFAULTS = {"epochs": 5, "lr": 1e-4, "warmup_epochs": 0.0, "precision": "float32", "logical_cpus": 0}
+# What a QAT run may change of its float run: the schedule and the data draw, never the network.
+QAT_OVERRIDABLE = ("data", "epochs", "lr", "batch_size", "patience", "train_limit", "val_limit", "seed")
+
+
+@dataclass
+class TrainConfig:
+    out: str = "runs/train"
+    data: str | None = None
+    model: str = "seresnet"
+    """The architecture: seresnet or baseline (`--arch` on the command line)."""
+    preset: str = "edge"
+    overrides: dict = field(default_factory=dict)
+    """SEResNetConfig fields replacing the preset's (e.g. widths, blocks, stem_stride)."""
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    patience: int = 10
+    seed: int = 0
+    precision: str = "auto"
+    """auto (bfloat16 on CPUs with AVX512-BF16, float16 on GPUs), float32, bfloat16 or float16."""
+    class_weight: bool = False
+    oversample: bool = False
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train_limit: int | None = None
+    """Train on a stratified subset of this many images (quick runs and tests)."""
+    val_limit: int | None = None
+    logical_cpus: int = 0
+    """Split the CPU into this many logical devices and mirror across them (tests the distributed path)."""
+    qat_from: str | None = None
+    """Quantization-aware fine-tuning of this finished float run's best weights (see train.qat)."""
+    extensions: list = field(default_factory=list)
+    """Epoch-count changes made by `--resume --epochs N`: [{"after_epoch": e, "from": old, "to": N}].
+    The cosine schedule is re-stretched to the new length from that step on."""
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        d["augment"] = AugmentConfig(**d.get("augment", {}))
+        for key in ("widths", "blocks"):
+            if key in d.get("overrides", {}):
+                d["overrides"][key] = tuple(d["overrides"][key])
+        return cls(**d)
+
+    def for_qat(self, from_run: str, out: str, **overrides) -> "TrainConfig":
+        """The QAT run of this float run: same network and augmentation, the QAT schedule."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return replace(self, out=out, qat_from=str(from_run), extensions=[], **{**QAT_DEFAULTS, **given})
+
+    def validate(self) -> "TrainConfig":
+        """Raise FerEdgeError naming the flag of the first out-of-range setting."""
+        def need(ok: bool, flag: str, value, what: str) -> None:
+            if not ok:
+                raise FerEdgeError(f"{flag}: {value!r} is not allowed; {what}")
+
+        need(self.model in ARCHS, "--arch", self.model, f"choose from {', '.join(ARCHS)}")
+        need(self.precision in PRECISIONS, "--precision", self.precision, f"choose from {', '.join(PRECISIONS)}")
+        need(self.epochs >= 1, "--epochs", self.epochs, "give at least 1")
+        need(self.batch_size >= 1, "--batch-size", self.batch_size, "give at least 1")
+        need(self.lr > 0, "--lr", self.lr, "the learning rate must be positive")
+        need(self.warmup_epochs >= 0, "--warmup-epochs", self.warmup_epochs, "give 0 or more")
+        need(0 <= self.label_smoothing < 1, "--label-smoothing", self.label_smoothing, "give a value in [0, 1)")
+        need(self.patience >= 1, "--patience", self.patience, "give at least 1 epoch")
+        need(self.logical_cpus >= 0, "--logical-cpus", self.logical_cpus, "give 0 (off) or more")
+        for flag, limit in (("--train-limit", self.train_limit), ("--val-limit", self.val_limit)):
+            need(limit is None or limit >= 1, flag, limit, "give at least 1 image")
+        a = self.augment
+        need(0 <= a.rotation <= 180, "--rotation", a.rotation, "give degrees in [0, 180]")
+        need(0 <= a.zoom < 1, "--zoom", a.zoom, "give a fraction in [0, 1)")
+        need(0 <= a.shift < 1, "--shift", a.shift, "give a fraction in [0, 1)")
+        need(0 <= a.erasing <= 1, "--erasing", a.erasing, "give a probability in [0, 1]")
+        need(a.mixup >= 0, "--mixup", a.mixup, "give 0 (off) or a positive Beta alpha")
+        if self.model == "seresnet":
+            from fer_edge.train.models import resolve_config
+
+            cfg = resolve_config(self.preset, **self.overrides)
+            need(len(cfg.blocks) == len(cfg.widths), "--blocks", ",".join(map(str, cfg.blocks)),
+                 f"give one block count per stage ({len(cfg.widths)} widths)")
+            need(all(w >= 1 for w in cfg.widths), "--widths", ",".join(map(str, cfg.widths)), "widths must be positive")
+            need(all(b >= 1 for b in cfg.blocks), "--blocks", ",".join(map(str, cfg.blocks)), "block counts must be positive")
+            need(cfg.stem_stride in (1, 2), "--stem-stride", cfg.stem_stride, "give 1 or 2")
+        return self
