@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from fer_edge.atomic import check_writable
 from fer_edge.spec import CLASS_NAMES
 
 DATA_HELP = "FER2013 as .npz, challenge CSV or image folder (default: $FER_EDGE_DATA or ../shared/data/fer2013/fer2013.npz)"
@@ -134,6 +135,8 @@ def evaluate(model, data_path, split, out, tta_flip, limit):
     from fer_edge.train.data import load_dataset
     from fer_edge.train.evaluate import evaluate_split, summary_line
 
+    if out:
+        check_writable(out, "--out", folder=True)  # before the model and data load
     metrics = evaluate_split(model, load_dataset(data_path), split, out_dir=out, tta_flip=tta_flip, limit=limit)
     click.echo(summary_line(metrics))
     click.echo(" ".join(f"{c} R={m['recall']:.2f}" for c, m in metrics["per_class"].items()))
