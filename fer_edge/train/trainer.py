@@ -248,15 +248,27 @@ def load_run_model(run: str | Path):
     cfg_file = run / "config.json"
     if not cfg_file.exists() or not (run / BEST_WEIGHTS).exists():
         raise FerEdgeError(f"{run}: not a finished training run (needs config.json and {BEST_WEIGHTS})")
-    cfg = TrainConfig.from_dict(json.loads(cfg_file.read_text()))
     tf.keras.mixed_precision.set_global_policy("float32")
-    model = build_model(cfg.model, cfg.preset, **cfg.overrides)
+    # A damaged config.json fails in json (ValueError, also for bytes that are not UTF-8) or, with
+    # wrong keys, types or values, in TrainConfig and build_model (TypeError, KeyError, AttributeError).
+    try:
+        cfg = TrainConfig.from_dict(json.loads(cfg_file.read_text(encoding="utf-8")))
+        model = build_model(cfg.model, cfg.preset, **cfg.overrides)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise FerEdgeError(f"{cfg_file}: not a valid run configuration ({_one_line(exc)})") from None
     if cfg.qat_from:
         from fer_edge.convert.qat import quantize_for_training
 
         model = quantize_for_training(model)
-    model.load_weights(str(run / BEST_WEIGHTS))
+    try:  # h5py raises OSError on a truncated or foreign file, Keras ValueError on mismatched layers
+        model.load_weights(str(run / BEST_WEIGHTS))
+    except (OSError, ValueError) as exc:
+        raise FerEdgeError(f"{run / BEST_WEIGHTS}: cannot load the run's weights ({_one_line(exc)})") from None
     return model
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
 
 
 def finish(run: Path, ds: FerDataset) -> dict:
