@@ -1,4 +1,8 @@
-"""Write artifacts atomically: into a temporary file beside the target, then rename over it."""
+"""Write artifacts atomically: into a temporary file beside the target, then rename over it.
+
+`check_writable` is the one up-front check of an output path, run before the expensive work
+(a conversion, a video) so that an unwritable path fails in a second, not at the end.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -12,7 +16,12 @@ from fer_edge.errors import FerEdgeError
 
 @contextlib.contextmanager
 def atomic_path(target: str | Path):
-    """Yield a temporary path in the target's folder; rename it onto `target` only on success."""
+    """Yield a temporary path in the target's folder; rename it onto `target` only on success.
+
+    The temporary file is removed on any exception, including the SystemExit the CLI raises on
+    SIGTERM (see `fer_edge.cli`), so an interrupted command leaves neither a half-written target
+    nor a hidden temporary file.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + target.suffix, dir=target.parent)
@@ -32,6 +41,31 @@ def _umask() -> int:
     return mask
 
 
+def check_writable(target: str | Path, option: str, folder: bool = False) -> Path:
+    """Raise FerEdgeError naming `option` unless `target` (a file, or a folder when `folder`) can be
+    written: its parent folders exist or can be created, and the deepest existing one accepts files.
+
+    The check creates and removes a probe file instead of asking `os.access`, which answers yes to
+    root on read-only folders and knows nothing of read-only file systems. Nothing is left behind.
+    """
+    target = Path(target)
+    if target.is_dir() != folder and target.exists():
+        raise FerEdgeError(f"{option} {target}: is a {'file' if folder else 'folder'}, expected a "
+                           f"{'folder' if folder else 'file'} path")
+    existing = target if folder and target.is_dir() else target.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise FerEdgeError(f"{option} {target}: cannot create it, {existing} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".fer-edge-write-check.", dir=existing)
+    except OSError as error:
+        raise FerEdgeError(f"{option} {target}: cannot write into {existing} ({error.strerror})") from None
+    os.close(fd)
+    os.unlink(probe)
+    return target
+
+
 def write_bytes(target: str | Path, data: bytes) -> None:
     with atomic_path(target) as tmp:
         tmp.write_bytes(data)
@@ -45,25 +79,3 @@ def write_text(target: str | Path, text: str) -> None:
 def write_json(target: str | Path, obj) -> None:
     write_text(target, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
-
-def check_can_create(target: str | Path, flag: str, folder: bool = False) -> None:
-    """Fail before any expensive work when `target` (a file or folder) could not be written.
-
-    Nothing is left behind: a nameless temporary file is created and removed in the nearest
-    existing folder, and `target`, where it exists, must be of the kind asked for.
-    """
-    target = Path(target)
-    if target.exists() and target.is_dir() != folder:
-        raise FerEdgeError(f"{flag}: {target} is a {'file' if folder else 'folder'}; give a {'folder' if folder else 'file'} path")
-    probe = target
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if probe != target and not probe.is_dir():
-        raise FerEdgeError(f"{flag}: cannot create {target}: {probe} is a file, not a folder")
-    try:  # a real write, not os.access: root passes access checks on read-only mounts and /proc
-        with tempfile.TemporaryFile(dir=probe if probe.is_dir() else probe.parent):
-            pass
-    except OSError as exc:
-        raise FerEdgeError(f"{flag}: cannot write {target} ({exc.strerror})") from None

@@ -5,16 +5,27 @@ work where only the `edge` extra is installed.
 """
 from __future__ import annotations
 
+import signal
+import threading
+
 import click
 
 from fer_edge import __version__
 from fer_edge.errors import FerEdgeError
 
 
+def _exit_on_sigterm(signum, _frame):
+    # Python's default for SIGTERM ends the process on the spot; an exception instead runs the
+    # `finally` blocks that remove temporary files (fer_edge.atomic) before exiting 128 + 15.
+    raise SystemExit(128 + signum)
+
+
 class Verbs(click.Group):
     """Turns user errors raised anywhere below into one line on stderr and exit status 1."""
 
     def invoke(self, ctx):
+        if threading.current_thread() is threading.main_thread():  # verbs with their own handling (daemon) replace it
+            signal.signal(signal.SIGTERM, _exit_on_sigterm)
         try:
             return super().invoke(ctx)
         except FerEdgeError as exc:

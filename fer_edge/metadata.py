@@ -9,7 +9,10 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+import zlib
 from pathlib import Path
+
+from fer_edge.errors import FerEdgeError
 
 METADATA_NAME = "fer_edge.json"
 FORMAT = "fer-edge/1"
@@ -24,9 +27,30 @@ def embed(tflite_bytes: bytes, metadata: dict) -> bytes:
 
 
 def read(path: str | Path) -> dict | None:
-    """Return the metadata embedded in a model file, or None when it carries none."""
+    """Return the metadata embedded in a model file, or None when it carries none.
+
+    A card that is there but damaged raises FerEdgeError: running a model whose classes and
+    preprocessing cannot be read would give wrong answers, not an error.
+    """
     try:
         with zipfile.ZipFile(path) as zf:
-            return json.loads(zf.read(METADATA_NAME))
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError):
-        return None
+            if METADATA_NAME not in zf.namelist():
+                return None
+            card = json.loads(zf.read(METADATA_NAME))
+    except zipfile.BadZipFile as error:
+        if "not a zip file" in str(error):  # no archive appended: a model without a card
+            return None
+        raise _damaged(path, error) from None
+    # A damaged archive fails while inflating (zlib.error, EOFError), on a bogus compression method
+    # (NotImplementedError), a flipped encryption flag (RuntimeError), a bogus offset (OSError) or
+    # undecodable JSON (ValueError).
+    except (zlib.error, EOFError, NotImplementedError, RuntimeError, OSError, ValueError) as error:
+        raise _damaged(path, error) from None
+    if not isinstance(card, dict):
+        raise FerEdgeError(f"{path}: its embedded {METADATA_NAME} is not a JSON object")
+    return card
+
+
+def _damaged(path, error: Exception) -> FerEdgeError:
+    reason = " ".join(str(error).split()) or type(error).__name__
+    return FerEdgeError(f"{path}: its embedded {METADATA_NAME} is damaged ({reason})")

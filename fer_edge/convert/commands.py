@@ -46,9 +46,10 @@ def convert(model, int8, out, data_path, calibration, seed, name, model_version,
         if not int8:
             raise FerEdgeError("--edgetpu: the Edge TPU runs int8 models only; drop --float")
         tpu.require_compiler()  # before a conversion whose result could not be compiled anyway
+    out = atomic.check_writable(out or default_out(Path(model), int8), "--out")  # before minutes of conversion
     source = load_source(model)
     dataset = load_dataset(data_path) if int8 and not source.qat else None
-    result = export(source, out or default_out(Path(model), int8), int8=int8, dataset=dataset,
+    result = export(source, out, int8=int8, dataset=dataset,
                     calibration=calibration, seed=seed, name=name, version=model_version)
     report = result.report
     click.echo(f"wrote {result.path} ({result.quantization}, {report.size_bytes / 1024:.1f} KiB, "
@@ -140,6 +141,8 @@ def benchmark(models, data_path, split, limit, invokes, max_acc_drop, max_f1_dro
     from fer_edge.convert.benchmark import budget_violations, reference_row, table
     from fer_edge.train.data import load_dataset
 
+    if json_out:
+        atomic.check_writable(json_out, "--json")
     ds = load_dataset(data_path)
     idx = ds.subset(split, limit) if limit else ds.indices(split)
     if len(idx) == 0:

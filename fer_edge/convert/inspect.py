@@ -73,22 +73,23 @@ class ModelReport:
 
 def inspect_model(path: str | Path) -> ModelReport:
     """Parse a `.tflite` file; a missing or corrupt file raises ModelError (a FerEdgeError) naming it."""
-    from fer_edge.edge_runtime.interpreter import make_interpreter
+    from fer_edge.edge_runtime.interpreter import make_interpreter, reading_model
 
     path = Path(path)
     interpreter = make_interpreter(path, num_threads=1)
-    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
-    ops = interpreter._get_ops_details()  # the one listing every runtime has; execution order
-    return ModelReport(
-        path=path,
-        size_bytes=path.stat().st_size,
-        input=_tensor_info(interpreter.get_input_details()[0]),
-        output=_tensor_info(interpreter.get_output_details()[0]),
-        ops=[OpInfo(int(op["index"]), op["op_name"], _dtypes(op["inputs"], tensors), _dtypes(op["outputs"], tensors))
-             for op in ops],
-        macs=sum(_macs(op, tensors) for op in ops),
-        metadata=metadata.read(path),
-    )
+    with reading_model(path, "read"):  # names, indices and shapes of a damaged file fail only here
+        tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+        ops = interpreter._get_ops_details()  # the one listing every runtime has; execution order
+        return ModelReport(
+            path=path,
+            size_bytes=path.stat().st_size,
+            input=_tensor_info(interpreter.get_input_details()[0]),
+            output=_tensor_info(interpreter.get_output_details()[0]),
+            ops=[OpInfo(int(op["index"]), op["op_name"], _dtypes(op["inputs"], tensors),
+                        _dtypes(op["outputs"], tensors)) for op in ops],
+            macs=sum(_macs(op, tensors) for op in ops),
+            metadata=metadata.read(path),
+        )
 
 
 def _tensor_info(detail: dict) -> TensorInfo:

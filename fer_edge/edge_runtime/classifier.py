@@ -9,7 +9,7 @@ import numpy as np
 
 from fer_edge import metadata, spec
 from fer_edge.edge_runtime.errors import ModelError
-from fer_edge.edge_runtime.interpreter import make_interpreter
+from fer_edge.edge_runtime.interpreter import make_interpreter, reading_model
 
 # The model that ships inside the package (added by the release; absent in a source checkout).
 SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "models" / "fer_edge_int8.tflite"
@@ -59,17 +59,16 @@ class EmotionClassifier:
         self.metadata = metadata.read(path) if path.is_file() else None
         self._check_metadata(path)
         self._interpreter = make_interpreter(path, options.num_threads, options.device, options.fallback_cpu)
-        try:
+        # allocate_tensors fails e.g. for an Edge TPU-compiled model on a CPU without the delegate.
+        with reading_model(path, "prepare"):
             self._interpreter.allocate_tensors()
-        except RuntimeError as error:  # e.g. an Edge TPU-compiled model on a CPU without the delegate
-            raise ModelError(f"cannot prepare model {path}: {str(error).strip()}") from error
-        self._input = self._interpreter.get_input_details()[0]
-        self._output = self._interpreter.get_output_details()[0]
-        self._check_tensors(path)
-        # Our int8 exports have a fixed batch of 1 (a dynamic batch adds int32 shape ops); models
-        # with a dynamic batch get all faces of a frame in one invoke.
-        self._dynamic_batch = int(self._input["shape_signature"][0]) == -1
-        self._batch = int(self._input["shape"][0])
+            self._input = self._interpreter.get_input_details()[0]
+            self._output = self._interpreter.get_output_details()[0]
+            self._check_tensors(path)
+            # Our int8 exports have a fixed batch of 1 (a dynamic batch adds int32 shape ops); models
+            # with a dynamic batch get all faces of a frame in one invoke.
+            self._dynamic_batch = int(self._input["shape_signature"][0]) == -1
+            self._batch = int(self._input["shape"][0])
         names = (self.metadata or {}).get("class_names") or spec.CLASS_NAMES
         self.class_names: tuple[str, ...] = tuple(names)
 
@@ -80,6 +79,8 @@ class EmotionClassifier:
         if preprocessing is not None and preprocessing != spec.PREPROCESSING:
             raise ModelError(f"{path} expects preprocessing {preprocessing}, this runtime feeds {spec.PREPROCESSING}")
         names = self.metadata.get("class_names")
+        if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+            raise ModelError(f"{path}: class_names in its metadata is not a list of names")
         if names is not None and len(names) != spec.NUM_CLASSES:
             raise ModelError(f"{path} has {len(names)} classes, expected {spec.NUM_CLASSES}")
 

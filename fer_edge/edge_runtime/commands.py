@@ -5,19 +5,25 @@ Only numpy is imported at start-up; OpenCV and the TFLite runtime load when a ve
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import logging
 import re
 import sys
 from pathlib import Path
 
 import click
 
+from fer_edge.atomic import atomic_path, check_writable
 from fer_edge.edge_runtime.classifier import SHIPPED_MODEL
 from fer_edge.edge_runtime.detection import DETECTORS
 from fer_edge.edge_runtime.interpreter import DEVICES
+from fer_edge.errors import FerEdgeError
 
 SAMPLE_IMAGE = Path(__file__).resolve().parents[1] / "assets" / "astronaut.jpg"
+# Beside the run folders `train` writes (runs/ is git-ignored), not loose in the working directory.
+DEMO_OUT = Path("runs") / "fer_edge_demo.jpg"
 
 
 def runtime_options(command):
@@ -42,7 +48,7 @@ def runtime_options(command):
 
 
 def build_pipeline(model_path, verify_sha256, threads, device, fallback_cpu, detector, detector_model, detect_width,
-                   detect_every=1):
+                   detect_every=1, max_frame_pixels=None):
     """An EmotionPipeline from the command-line options; problems become one-line click errors."""
     from fer_edge.edge_runtime.classifier import ClassifierOptions, EmotionClassifier
     from fer_edge.edge_runtime.detection import create_detector
@@ -57,13 +63,19 @@ def build_pipeline(model_path, verify_sha256, threads, device, fallback_cpu, det
         face_detector = create_detector(detector, detector_model)
     except FerEdgeError as error:
         raise click.ClickException(str(error)) from error
+    # None leaves the cap to PipelineOptions, which owns its default; 0 means no cap.
+    cap = {} if max_frame_pixels is None else {"max_frame_pixels": max_frame_pixels or None}
     options = PipelineOptions(detector=detector, detector_model=detector_model, detect_width=detect_width,
-                              detect_every=detect_every)
+                              detect_every=detect_every, **cap)
     return EmotionPipeline(classifier, face_detector, options)
 
 
 class AnnotationWriter:
-    """Writes annotated frames of one source into a folder: an image for an image, an .mp4 otherwise."""
+    """Writes annotated frames of one source into a folder: an image for an image, an .mp4 otherwise.
+
+    Frames go to a hidden temporary file that is renamed into place when the source ends, so an
+    interrupted video never sits under the final name; nothing is created for a source without frames.
+    """
 
     def __init__(self, folder: Path, source: str, fps: float | None, taken: set[str]):
         from fer_edge.edge_runtime.sources import is_camera, is_image
@@ -74,23 +86,45 @@ class AnnotationWriter:
         while name in taken:  # two inputs with the same name from different folders
             name, n = f"{stem}-{n}{suffix}", n + 1
         taken.add(name)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.path, self.fps, self._video = folder / name, fps or 15.0, None
+        self.path, self.fps, self._video, self._tmp = folder / name, fps or 15.0, None, None
+        self._files = contextlib.ExitStack()
+
+    def __enter__(self):
+        return self
 
     def write(self, image) -> None:
         import cv2
 
+        if self._tmp is None:
+            self._tmp = self._files.enter_context(atomic_path(self.path))
         if self.path.suffix != ".mp4":
-            cv2.imwrite(str(self.path), image)
+            if not cv2.imwrite(str(self._tmp), image):
+                raise click.ClickException(f"--annotate: cannot write {self.path}")
             return
         if self._video is None:
             size = (image.shape[1], image.shape[0])
-            self._video = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, size)
+            self._video = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, size)
+            if not self._video.isOpened():
+                raise click.ClickException(f"--annotate: cannot write video {self.path}")
         self._video.write(image)
 
-    def close(self) -> None:
+    def __exit__(self, *exc_info):
         if self._video is not None:
-            self._video.release()
+            self._video.release()  # finishes the .mp4 before it is renamed (or removed, on an exception)
+        return self._files.__exit__(*exc_info)
+
+
+@contextlib.contextmanager
+def _warnings_to(bar):
+    """Print the runtime's warnings (damaged inputs, named) on stderr above the progress bar, like skips."""
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: bar.write(f"fer-edge predict: warning: {record.getMessage()}", file=sys.stderr)
+    logger = logging.getLogger("fer_edge")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
 
 
 @click.command()
@@ -101,6 +135,9 @@ class AnnotationWriter:
 @click.option("--annotate", "annotate_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write annotated images (boxes and emotions drawn on each input; videos and cameras as .mp4) "
                    "into DIR. This saves pictures of faces to disk.")
+@click.option("--max-frame-pixels", type=click.IntRange(min=0), default=None,
+              help="Skip images and videos whose frames have more pixels (width x height) than this, before "
+                   "decoding them; 0: no cap. Default: 50000000 (PipelineOptions.max_frame_pixels).")
 def predict(sources, annotate_dir, **options):
     """Classify the emotions of faces in images, folders, videos, cameras (0, /dev/video0), rtsp:// streams or
     `picamera`.
@@ -115,44 +152,51 @@ def predict(sources, annotate_dir, **options):
     from fer_edge.edge_runtime.errors import SourceError
     from fer_edge.edge_runtime.sources import expand, is_image, probe, read_frames
 
+    if annotate_dir:
+        check_writable(annotate_dir, "--annotate", folder=True)  # before the model loads and frames are read
     pipeline = build_pipeline(**options)
     paths = expand(list(sources))
     probes = {source: probe(source) for source in paths}
     counts = [frames for frames, _ in probes.values()]
     total = None if None in counts else sum(counts)
-    processed, taken = 0, set()
+    processed, taken, skipped = 0, set(), []
     # A bar for a single image would be noise; folders, videos and cameras get one on stderr.
-    with tqdm(total=total, unit="frame", file=sys.stderr, disable=len(paths) == 1 and is_image(paths[0])) as bar:
+    with tqdm(total=total, unit="frame", file=sys.stderr, disable=len(paths) == 1 and is_image(paths[0])) as bar, \
+            _warnings_to(bar):
         for source in paths:
             pipeline.reset()
             writer = AnnotationWriter(annotate_dir, source, probes[source][1], taken) if annotate_dir else None
-            try:
-                for index, frame in enumerate(read_frames(source)):
-                    result = pipeline.process(frame)
-                    click.echo(json.dumps({"source": source, "frame": index, **result.to_dict()}))
-                    if writer:
-                        writer.write(annotate(frame, result))
-                    processed += 1
-                    bar.update()
-            except SourceError as error:
-                bar.write(f"fer-edge predict: skipped {source}: {error}", file=sys.stderr)
-            finally:
-                if writer:
-                    writer.close()
+            with writer or contextlib.nullcontext():
+                try:
+                    for index, frame in enumerate(read_frames(source, pipeline.options.max_frame_pixels)):
+                        result = pipeline.process(frame)
+                        click.echo(json.dumps({"source": source, "frame": index, **result.to_dict()}))
+                        if writer:
+                            writer.write(annotate(frame, result))
+                        processed += 1
+                        bar.update()
+                except SourceError as error:  # the frames before the error keep their annotations
+                    message = str(error) if source in str(error) else f"{source}: {error}"
+                    bar.write(f"fer-edge predict: skipped {message}", file=sys.stderr)
+                    skipped.append(source)
     if processed == 0:
-        raise click.ClickException("no frame could be processed")
+        raise click.ClickException(f"no frame could be processed (skipped: {', '.join(skipped) or 'no input found'})")
 
 
 @click.command()
 @runtime_options
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("fer_edge_demo.jpg"),
-              show_default=True, help="Where to write the annotated sample image (saves an image).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=DEMO_OUT, show_default=True,
+              help="Where to write the annotated sample image (saves an image; .jpg, .png, ...).")
 def demo(out, **options):
     """Run the model on the shipped sample photo: print each face's emotions and timings, save an annotated copy."""
     import cv2
 
     from fer_edge.edge_runtime.drawing import annotate
 
+    if not cv2.haveImageWriter(str(out)):
+        raise FerEdgeError(f"--out {out}: OpenCV cannot write {out.suffix or 'files without an extension'}; "
+                           "use .jpg or .png")
+    check_writable(out, "--out")
     pipeline = build_pipeline(**options)
     image = cv2.imread(str(SAMPLE_IMAGE))
     pipeline.process(image)  # warm-up: the first invoke also prepares the kernels
@@ -163,9 +207,7 @@ def demo(out, **options):
         ranked = sorted(zip(face.class_names, face.probabilities), key=lambda item: -item[1])
         click.echo(f"  box {face.box}: {face.label}  (" + ", ".join(f"{n} {p:.0%}" for n, p in ranked[:3]) + ")")
     click.echo("  time: " + ", ".join(f"{stage} {ms:.2f} ms" for stage, ms in result.timings_ms.items()))
-    from fer_edge.atomic import atomic_path
-
     with atomic_path(out) as tmp:
         if not cv2.imwrite(str(tmp), annotate(image, result)):
-            raise click.ClickException(f"cannot write {out} (unknown image extension or unwritable folder)")
+            raise click.ClickException(f"--out: cannot write {out}")
     click.echo(f"wrote {out}")

@@ -5,6 +5,7 @@ fallbacks, imported only when the former is missing so a device never needs Tens
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import warnings
@@ -16,6 +17,21 @@ DEVICES = ("cpu", "edgetpu", "edgetpu:usb", "edgetpu:pci")
 
 # File names of the Edge TPU runtime library (Coral's `libedgetpu`) per operating system.
 EDGETPU_LIBRARIES = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}
+
+
+@contextlib.contextmanager
+def reading_model(path: str | Path, doing: str = "load"):
+    """Turn what a runtime raises on a malformed flatbuffer into one ModelError naming the file.
+
+    The C++ checks raise ValueError or RuntimeError (often several lines); tensor and op names are
+    decoded on access, so a damaged name raises UnicodeDecodeError; damaged tensor indices and
+    shapes surface as IndexError or KeyError in the details the runtime returns.
+    """
+    try:
+        yield
+    except (ValueError, RuntimeError, IndexError, KeyError) as error:
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise ModelError(f"cannot {doing} model {path}: {reason}") from None
 
 
 def _runtime():
@@ -78,8 +94,6 @@ def make_interpreter(model_path: str | Path, num_threads: int | None = None, dev
             if not fallback_cpu:
                 raise
             warnings.warn(f"{error}; falling back to the CPU", RuntimeWarning, stacklevel=2)
-    try:
+    with reading_model(model_path):
         return Interpreter(model_path=str(model_path), num_threads=num_threads or os.cpu_count(),
                            experimental_delegates=delegates or None)
-    except (ValueError, RuntimeError) as error:
-        raise ModelError(f"cannot load model {model_path}: {str(error).strip()}") from error

@@ -34,6 +34,13 @@ class PipelineOptions:
     min_face: int = 24
     """Faces smaller than this (pixels of the original frame) are ignored: too few pixels for 48x48."""
 
+    max_frame_pixels: int | None = 50_000_000
+    """Largest frame accepted, in pixels (width x height); readers skip larger images, videos and
+    streams before decoding them (see `sources.read_frames`). A frame costs about 6 bytes a pixel
+    while it is decoded, processed and annotated (measured: `predict --annotate` on an 8000x6000 JPEG
+    peaks at 371 MB resident, on a 1000x750 one at 95 MB), so the default keeps one photo under
+    ~400 MB, within a 1 GB Raspberry Pi. None: no cap."""
+
 
 @dataclass
 class FaceResult:

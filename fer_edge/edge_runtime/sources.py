@@ -5,12 +5,16 @@ A source is named by a string: a file or folder path, a camera index (`0`) or de
 """
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from fer_edge.edge_runtime.errors import SourceError
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg"}
@@ -53,6 +57,52 @@ def probe(source: str) -> tuple[int | None, float | None]:
     return int(count) or None, fps or None
 
 
+def _check_header(source: str, max_pixels: int | None) -> None:
+    """Apply the `max_pixels` cap to an image file's header, before anything is decoded."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not max_pixels:
+        return
+    try:
+        with warnings.catch_warnings():  # Pillow warns about large images; the cap here is the caller's
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(source) as image:
+                check_frame_size(source, *image.size, max_pixels)
+    except Image.DecompressionBombError:  # Pillow refuses, without its size, a header above twice its own limit
+        if max_pixels < 2 * Image.MAX_IMAGE_PIXELS:
+            raise SourceError(f"{source}: more than {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels, larger than "
+                              f"the cap of {max_pixels / 1e6:.1f} megapixels (max_frame_pixels)") from None
+    except (UnidentifiedImageError, OSError, ValueError):  # a format Pillow does not know: checked once decoded
+        pass
+
+
+def check_frame_size(source: str, width: int, height: int, max_pixels: int | None) -> None:
+    """SourceError naming the source when a width x height frame is above the `max_pixels` cap."""
+    if max_pixels and width * height > max_pixels:
+        raise SourceError(f"{source}: {width}x{height} frame ({width * height / 1e6:.1f} megapixels) is larger "
+                          f"than the cap of {max_pixels / 1e6:.1f} megapixels (max_frame_pixels)")
+
+
+def _read_image(source: str, max_pixels: int | None) -> np.ndarray:
+    import cv2
+
+    _check_header(source, max_pixels)  # the decoded frame is what would exhaust the memory
+    try:
+        image = cv2.imread(source, cv2.IMREAD_COLOR)
+    except cv2.error as error:  # e.g. above OpenCV's own pixel limit, with no cap or a header Pillow cannot read
+        raise SourceError(f"cannot decode image {source} ({' '.join(str(error).split())[-120:]})") from None
+    if image is None:
+        raise SourceError(f"cannot read image {source}")
+    check_frame_size(source, image.shape[1], image.shape[0], max_pixels)
+    # libjpeg decodes a truncated JPEG with a gray lower part and a warning that names no file.
+    with open(source, "rb") as f:
+        head = f.read(2)
+        f.seek(max(0, f.seek(0, 2) - 1024))
+        if head == b"\xff\xd8" and b"\xff\xd9" not in f.read():
+            log.warning(f"{source}: JPEG data ends early (truncated file?); its lower part decodes as gray")
+    return image
+
+
 def _picamera_frames(size: tuple[int, int] = (640, 480)) -> Iterator[np.ndarray]:
     try:
         from picamera2 import Picamera2
@@ -70,35 +120,40 @@ def _picamera_frames(size: tuple[int, int] = (640, 480)) -> Iterator[np.ndarray]
         camera.close()
 
 
-def _capture_frames(source: str) -> Iterator[np.ndarray]:
+def _capture_frames(source: str, max_pixels: int | None) -> Iterator[np.ndarray]:
     import cv2
 
     capture = cv2.VideoCapture(int(source) if source.isdigit() else source)
     if not capture.isOpened():
         raise SourceError(f"cannot open {source}")
     try:
+        check_frame_size(source, int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
+                         int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)), max_pixels)
+        announced = 0 if is_camera(source) else int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
         ok, frame = capture.read()
         if not ok:
             raise SourceError(f"{source}: no frame could be read")
+        read = 0
         while ok:
+            check_frame_size(source, frame.shape[1], frame.shape[0], max_pixels)  # streams may change size
             yield frame
+            read += 1
             ok, frame = capture.read()
+        if read < announced:
+            log.warning(f"{source}: ended after {read} of the {announced} frames its header announces "
+                        "(truncated or damaged file?)")
     finally:
         capture.release()
 
 
-def read_frames(source: str) -> Iterator[np.ndarray]:
-    """Yield the frames of one source (BGR, or gray for the Pi camera); SourceError if it cannot be read."""
+def read_frames(source: str, max_pixels: int | None = None) -> Iterator[np.ndarray]:
+    """Yield the frames of one source (BGR, or gray for the Pi camera); SourceError if it cannot be read
+    or a frame is larger than `max_pixels` (width x height; None: no cap)."""
     if source == PICAMERA:
         yield from _picamera_frames()
     elif is_image(source):
-        import cv2
-
-        image = cv2.imread(source, cv2.IMREAD_COLOR)
-        if image is None:
-            raise SourceError(f"cannot read image {source}")
-        yield image
+        yield _read_image(source, max_pixels)
     elif is_camera(source) or Path(source).is_file():
-        yield from _capture_frames(source)
+        yield from _capture_frames(source, max_pixels)
     else:
         raise SourceError(f"no such file: {source}")

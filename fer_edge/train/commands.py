@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from fer_edge.atomic import check_writable
 from fer_edge.errors import FerEdgeError
 from fer_edge.spec import CLASS_NAMES
 from fer_edge.train.data import SPLITS
@@ -156,6 +157,8 @@ def evaluate(model, data_path, split, out, tta, limit):
     from fer_edge.train.data import load_dataset
     from fer_edge.train.evaluate import evaluate_split, summary_line
 
+    if out:
+        check_writable(out, "--out", folder=True)  # before the model and data load
     metrics = evaluate_split(model, load_dataset(data_path), split, out_dir=out, tta_flip=tta == "flip", limit=limit)
     click.echo(summary_line(metrics))
     click.echo(" ".join(f"{c} R={m['recall']:.2f}" for c, m in metrics["per_class"].items()))

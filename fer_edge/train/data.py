@@ -9,6 +9,8 @@ from __future__ import annotations
 import csv
 import os
 import re
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,6 +85,9 @@ def load_dataset(path: str | Path | None = None, skip_bad: bool = False, val_fra
 
 
 def _load_npz(path: Path) -> FerDataset:
+    if not zipfile.is_zipfile(path):  # numpy would try random bytes as a pickle and say so
+        raise FerEdgeError(f"{path}: not a .npz archive (truncated, or another format); expected arrays images, "
+                           "labels, usage")
     try:
         with np.load(path, allow_pickle=False) as z:
             missing = {"images", "labels", "usage"} - set(z.files)
@@ -91,12 +96,20 @@ def _load_npz(path: Path) -> FerDataset:
             images, labels, usage = z["images"], z["labels"], z["usage"].astype(str)
             dup = z["dup_group"] if "dup_group" in z.files else None
             votes = z["ferplus_votes"] if "ferplus_votes" in z.files else None
-    except (OSError, ValueError) as exc:
-        raise FerEdgeError(f"{path}: not a readable .npz ({exc})") from None
+    # A truncated or damaged archive fails in zipfile (BadZipFile, or EOFError / zlib.error while
+    # inflating a member), a damaged array header in numpy (ValueError).
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise FerEdgeError(f"{path}: not a readable .npz ({str(exc).strip() or type(exc).__name__})") from None
     if images.ndim != 3 or images.shape[1:] != (INPUT_SIZE, INPUT_SIZE) or images.dtype != np.uint8:
         raise FerEdgeError(f"{path}: images must be uint8 (N, 48, 48), got {images.dtype} {images.shape}")
-    if labels.max(initial=0) >= len(CLASS_NAMES):
-        raise FerEdgeError(f"{path}: label {int(labels.max())} is not one of 0..{len(CLASS_NAMES) - 1}")
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise FerEdgeError(f"{path}: labels must be integers (N,), got {labels.dtype} {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= len(CLASS_NAMES)):
+        bad = int(labels.min()) if labels.min() < 0 else int(labels.max())
+        raise FerEdgeError(f"{path}: label {bad} is not one of 0..{len(CLASS_NAMES) - 1}")
+    if not len(images) == len(labels) == len(usage):
+        raise FerEdgeError(f"{path}: {len(images)} images, {len(labels)} labels and {len(usage)} usage entries; "
+                           "expected one of each per face")
     bad_usage = sorted(set(np.unique(usage).tolist()) - set(SPLITS))
     if bad_usage:
         raise FerEdgeError(f"{path}: unknown usage {bad_usage[0]!r}; expected one of {', '.join(SPLITS)}")
@@ -106,36 +119,54 @@ def _load_npz(path: Path) -> FerDataset:
 def _load_csv(path: Path, skip_bad: bool) -> FerDataset:
     images, labels, usage, skipped = [], [], [], 0
     n_pixels = INPUT_SIZE * INPUT_SIZE
-    with open(path, newline="") as f:
+    # The file's encoding and quoting are checked for the whole file: neither can be skipped row by
+    # row (an unterminated quote swallows every line after it).
+    with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        if not reader.fieldnames or not {"emotion", "pixels"} <= set(reader.fieldnames):
-            raise FerEdgeError(f"{path}: header must have 'emotion' and 'pixels' (and 'Usage'), "
-                               f"got {reader.fieldnames}")
-        for row_number, row in enumerate(reader, start=2):
-            try:
-                label = int(row["emotion"])
-                if not 0 <= label < len(CLASS_NAMES):
-                    raise ValueError(f"unknown label {row['emotion']!r}")
-                split = (row.get("Usage") or "Training").strip()
-                if split not in SPLITS:
-                    raise ValueError(f"unknown usage {split!r}")
+        try:
+            _check_csv_header(path, reader.fieldnames)
+            for row_number, row in enumerate(reader, start=2):
                 try:
-                    pixels = np.array(row["pixels"].split(), dtype=np.int64)
-                except ValueError:
-                    raise ValueError("non-numeric pixel value") from None
-                if pixels.size != n_pixels:
-                    raise ValueError(f"{pixels.size} pixels, expected {n_pixels}")
-                if pixels.min() < 0 or pixels.max() > 255:
-                    raise ValueError("pixel value outside 0..255")
-            except (ValueError, TypeError, AttributeError) as exc:
-                if not skip_bad:
-                    raise FerEdgeError(f"{path}, row {row_number}: {exc} (use --skip-bad to skip bad rows)") from None
-                skipped += 1
-                continue
-            images.append(pixels.astype(np.uint8).reshape(INPUT_SIZE, INPUT_SIZE))
-            labels.append(label)
-            usage.append(split)
+                    image, label, split = _csv_row(row, n_pixels)
+                except (ValueError, TypeError, AttributeError) as exc:
+                    if not skip_bad:
+                        raise FerEdgeError(f"{path}, row {row_number}: {exc} (use --skip-bad to skip bad rows)") from None
+                    skipped += 1
+                    continue
+                images.append(image)
+                labels.append(label)
+                usage.append(split)
+        except UnicodeDecodeError as exc:  # decoded in blocks, so no reliable line number
+            raise FerEdgeError(f"{path}: not UTF-8 text ({exc.reason}: byte 0x{exc.object[exc.start]:02x}); "
+                               "save the CSV as UTF-8") from None
+        except csv.Error as exc:
+            raise FerEdgeError(f"{path}, line {reader.line_num + 1}: malformed CSV ({exc}); "
+                               "an unterminated quote runs to the end of the file") from None
     return _from_lists(images, labels, usage, path, skipped)
+
+
+def _check_csv_header(path: Path, fieldnames) -> None:
+    if not fieldnames or not {"emotion", "pixels"} <= set(fieldnames):
+        raise FerEdgeError(f"{path}: header must have 'emotion' and 'pixels' (and 'Usage'), got {fieldnames}")
+
+
+def _csv_row(row: dict, n_pixels: int) -> tuple[np.ndarray, int, str]:
+    """One row's (48x48 image, label, split); ValueError naming what is wrong with it."""
+    label = int(row["emotion"])
+    if not 0 <= label < len(CLASS_NAMES):
+        raise ValueError(f"unknown label {row['emotion']!r}")
+    split = (row.get("Usage") or "Training").strip()
+    if split not in SPLITS:
+        raise ValueError(f"unknown usage {split!r}")
+    try:
+        pixels = np.array(row["pixels"].split(), dtype=np.int64)
+    except ValueError:
+        raise ValueError("non-numeric pixel value") from None
+    if pixels.size != n_pixels:
+        raise ValueError(f"{pixels.size} pixels, expected {n_pixels}")
+    if pixels.min() < 0 or pixels.max() > 255:
+        raise ValueError("pixel value outside 0..255")
+    return pixels.astype(np.uint8).reshape(INPUT_SIZE, INPUT_SIZE), label, split
 
 
 def _load_folder(root: Path, skip_bad: bool) -> FerDataset:
@@ -157,7 +188,8 @@ def _load_folder(root: Path, skip_bad: bool) -> FerDataset:
             for file in sorted(class_dir.iterdir()):
                 if file.suffix.lower() not in IMAGE_SUFFIXES:
                     continue
-                image = cv2.imread(str(file), cv2.IMREAD_UNCHANGED)
+                # Decoded as predict decodes frames: 8-bit BGR, so 16-bit PNGs are scaled, not saturated.
+                image = cv2.imread(str(file), cv2.IMREAD_COLOR)
                 if image is None:
                     if not skip_bad:
                         raise FerEdgeError(f"{file}: unreadable image (use --skip-bad to skip bad files)")

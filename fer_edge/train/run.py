@@ -48,8 +48,8 @@ def load_config(run: str | Path) -> TrainConfig:
     path = Path(run) / CONFIG
     try:
         return TrainConfig.from_dict(config_dict(run))
-    except (TypeError, ValueError) as exc:
-        raise FerEdgeError(f"{path}: not a valid run configuration ({exc})") from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise FerEdgeError(f"{path}: not a valid run configuration ({one_line(exc)})") from None
 
 
 def write_config(run: Path, config: dict) -> None:
@@ -109,14 +109,20 @@ def load_run_model(run: str | Path):
         raise FerEdgeError(f"{run}: not a finished training run (needs {CONFIG} and {BEST_WEIGHTS})")
     cfg = load_config(run)
     tf.keras.mixed_precision.set_global_policy("float32")
-    model = build_model(cfg.model, cfg.preset, **cfg.overrides)
+    try:  # wrong keys, types or values in a damaged config.json fail here
+        model = build_model(cfg.model, cfg.preset, **cfg.overrides)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise FerEdgeError(f"{run / CONFIG}: not a valid run configuration ({one_line(exc)})") from None
     if cfg.qat_from:
         from fer_edge.train.qat import quantize_for_training
 
         model = quantize_for_training(model)
     try:
         model.load_weights(str(run / BEST_WEIGHTS))
-    except (OSError, ValueError, KeyError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FerEdgeError(f"{run / BEST_WEIGHTS}: cannot load the run's weights ({reason})") from None
+    except (OSError, ValueError, KeyError) as exc:  # h5py: truncated/foreign file; Keras: mismatched layers
+        raise FerEdgeError(f"{run / BEST_WEIGHTS}: cannot load the run's weights ({one_line(exc)})") from None
     return model
+
+
+def one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__

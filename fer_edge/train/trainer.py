@@ -156,7 +156,7 @@ def train(cfg: TrainConfig, dataset: FerDataset | None = None) -> Path:
     run = Path(cfg.out)
     if runs.has_state(run):
         raise FerEdgeError(f"--out: {run} already holds a run; pass --resume to continue it or choose a new folder")
-    atomic.check_can_create(run, "--out", folder=True)
+    atomic.check_writable(run, "--out", folder=True)
     return _fit(cfg, runs.new_state(), dataset, resumed=False)
 
 
