@@ -116,7 +116,7 @@ CASES = {
     # convert: output paths are checked before anything is loaded
     "convert-out-under-a-file": lambda t: (["convert", _write(t / "m.keras", b"x"), "--float", "--out", _write(t / "f", b"") / "m.tflite"], "--out"),
     "convert-out-is-a-folder": lambda t: (["convert", _write(t / "m.keras", b"x"), "--float", "--out", _mkdir(t / "d")], "--out"),
-    "benchmark-json-under-a-file": lambda t: (["benchmark", "m.tflite", "--json", _write(t / "f", b"") / "r.json"], "--json"),
+    "benchmark-out-under-a-file": lambda t: (["benchmark", "m.tflite", "--out", _write(t / "f", b"") / "r.json"], "--out"),
     # evaluate
     "evaluate-out-under-a-file": lambda t: (["evaluate", "m.tflite", "--out", _write(t / "f", b"") / "eval"], "--out"),
     "evaluate-corrupt-tflite": lambda t: (["evaluate", random_bytes(t / "r.tflite"), "--data", write_generated_npz(t / "g.npz", 5)], "r.tflite"),
@@ -128,6 +128,23 @@ CASES = {
     "predict-random-image": lambda t: (["predict", random_bytes(t / "r.jpg")], "r.jpg"),
     "predict-missing": lambda t: (["predict", t / "nope.jpg"], "nope.jpg"),
     "predict-corrupt-model": lambda t: (["predict", "x.jpg", "--model", truncated(SHIPPED_MODEL, t / "m.tflite", 0.5)], "m.tflite"),
+    # train: the numeric options and the run folder, all refused before anything is written
+    "train-epochs-zero": lambda t: (["train", "--epochs", "0", "--out", t / "run"], "--epochs"),
+    "train-epochs-negative": lambda t: (["train", "--epochs", "-3", "--out", t / "run"], "--epochs"),
+    "train-limit-zero": lambda t: (["train", "--train-limit", "0", "--out", t / "run"], "--train-limit"),
+    "train-limit-negative": lambda t: (["train", "--train-limit", "-5", "--out", t / "run"], "--train-limit"),
+    "train-lr-negative": lambda t: (["train", "--lr", "-1", "--out", t / "run"], "--lr"),
+    "train-blocks-fewer-than-widths": lambda t: (["train", "--blocks", "2,2", "--out", t / "run"], "--blocks"),
+    "train-batch-size-zero": lambda t: (["train", "--batch-size", "0", "--out", t / "run"], "--batch-size"),
+    "train-batch-size-negative": lambda t: (["train", "--batch-size", "-4", "--out", t / "run"], "--batch-size"),
+    "train-batch-larger-than-data": lambda t: (["train", "--data", write_generated_npz(t / "g.npz", 5), "--batch-size", "512",
+                                                "--out", t / "run"], "--batch-size"),
+    "train-widths-not-numbers": lambda t: (["train", "--widths", "abc", "--out", t / "run"], "--widths"),
+    "train-stem-stride-zero": lambda t: (["train", "--stem-stride", "0", "--out", t / "run"], "--stem-stride"),
+    "train-out-under-a-file": lambda t: (["train", "--out", _write(t / "f", b"") / "run"], "--out"),
+    "train-resume-nothing": lambda t: (["train", "--resume", "--out", t / "run"], "--resume"),
+    "train-resume-with-lr": lambda t: (["train", "--resume", "--lr", "0.1", "--out", t / "run"], "--lr"),
+    "train-qat-with-widths": lambda t: (["train", "--qat", "--from", t / "run", "--widths", "8,8,8,8"], "--widths"),
     # demo
     "demo-unknown-extension": lambda t: (["demo", "--out", t / "x.xyz"], "x.xyz"),
     "demo-out-under-a-file": lambda t: (["demo", "--out", _write(t / "f", b"") / "d.jpg"], "--out"),
@@ -139,6 +156,7 @@ if SYS_READ_ONLY:
         "convert-out-unwritable": lambda t: (["convert", _write(t / "m.keras", b"x"), "--out", UNWRITABLE / "m.tflite"], "--out"),
         "predict-annotate-unwritable": lambda t: (["predict", "x.jpg", "--annotate", UNWRITABLE], "--annotate"),
         "demo-out-unwritable": lambda t: (["demo", "--out", UNWRITABLE / "d.jpg"], "--out"),
+        "train-out-unwritable": lambda t: (["train", "--out", UNWRITABLE / "run"], "--out"),
         "evaluate-out-unwritable": lambda t: (["evaluate", "m.tflite", "--out", UNWRITABLE], "--out"),
     })
 

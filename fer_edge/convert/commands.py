@@ -142,7 +142,7 @@ def benchmark(models, data_path, split, limit, invokes, max_acc_drop, max_f1_dro
     from fer_edge.train.data import load_dataset
 
     if json_out:
-        atomic.check_writable(json_out, "--json")
+        atomic.check_writable(json_out, "--out")
     ds = load_dataset(data_path)
     idx = ds.subset(split, limit) if limit else ds.indices(split)
     if len(idx) == 0:

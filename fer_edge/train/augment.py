@@ -1,23 +1,8 @@
 """Training-time augmentation, run on batches inside tf.data; never applied at evaluation."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from fer_edge.train.config import AugmentConfig
 from fer_edge.train.tf_setup import tf
-
-
-@dataclass
-class AugmentConfig:
-    flip: bool = True
-    rotation: float = 10.0
-    """Maximum rotation in degrees."""
-    zoom: float = 0.1
-    shift: float = 0.1
-    """Maximum translation as a fraction of the image side."""
-    erasing: float = 0.0
-    """Probability of erasing one random rectangle of an image (random erasing)."""
-    mixup: float = 0.0
-    """Beta(alpha, alpha) of mixup between images of a batch; 0 turns it off."""
 
 
 def augmentation_layers(cfg: AugmentConfig, seed: int):

@@ -107,15 +107,16 @@ def train(resume, qat, from_run, **kw):
     epochs at lr 1e-4, no warm-up), ready for `convert --int8`. With --resume: continue the run in
     --out exactly where it stopped; only --epochs (and --data, for the same data moved) may be given.
     """
-    from fer_edge.train import config, trainer
-    from fer_edge.train.augment import AugmentConfig
+    from fer_edge.train import config
 
     given = {k: v for k, v in kw.items() if v is not None}
     if resume:
-        refused = sorted(set(given) - {"out", "epochs", "data"}) + (["--from"] if from_run else [])
+        refused = sorted(set(given) - {"out", "epochs", "data"}) + (["from"] if from_run else [])
         if refused:
             raise FerEdgeError(f"{_flag(refused[0])}: a resumed run keeps its config.json; only --epochs "
-                                   "(to extend it) and --data may be given with --resume")
+                               "(to extend it) and --data may be given with --resume")
+        from fer_edge.train import trainer
+
         run = trainer.resume(given.get("out", config.TrainConfig.out), epochs=given.get("epochs"), data=given.get("data"))
     elif qat:
         if not from_run:
@@ -123,7 +124,9 @@ def train(resume, qat, from_run, **kw):
         refused = sorted(set(given) - set(config.QAT_OVERRIDABLE) - {"out"})
         if refused:
             raise FerEdgeError(f"{_flag(refused[0])}: a QAT run keeps the network and augmentation of --from "
-                                   f"{from_run}; it may change only " + ", ".join(map(_flag, config.QAT_OVERRIDABLE)))
+                               f"{from_run}; it may change only " + ", ".join(map(_flag, config.QAT_OVERRIDABLE)))
+        from fer_edge.train import trainer
+
         run = trainer.start_qat(from_run, given.pop("out", config.TrainConfig.out), **given)
     else:
         if from_run:
@@ -136,7 +139,11 @@ def train(resume, qat, from_run, **kw):
             augment["flip"] = False
         if "arch" in given:
             given["model"] = given.pop("arch")
-        run = trainer.train(config.TrainConfig(overrides=overrides, augment=AugmentConfig(**augment), **given))
+        cfg = config.TrainConfig(overrides=overrides, augment=config.AugmentConfig(**augment), **given).validate()
+        check_writable(cfg.out, "--out", folder=True)
+        from fer_edge.train import trainer  # TensorFlow loads only once the command line is known to be good
+
+        run = trainer.train(cfg)
     click.echo(f"run folder: {run}")
 
 

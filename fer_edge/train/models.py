@@ -5,34 +5,13 @@ prefix, the whole network readable top to bottom in `seresnet`.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 
 from fer_edge.spec import INPUT_SHAPE, NUM_CLASSES
+from fer_edge.train.config import PRESETS, SEResNetConfig, resolve_config
 from fer_edge.train.tf_setup import tf
 
 layers = tf.keras.layers
-
-
-@dataclass(frozen=True)
-class SEResNetConfig:
-    widths: tuple[int, ...] = (64, 128, 256, 512)
-    blocks: tuple[int, ...] = (2, 2, 2, 2)
-    stem_stride: int = 1
-    activation: str = "leaky_relu"
-    se: bool = True
-    se_ratio: int = 8
-    dense: int = 256
-    dropout: float = 0.4
-
-
-PRESETS: dict[str, SEResNetConfig] = {
-    # The deck's sizes: 11.5 M parameters, 1.25 G MACs; too slow for a Pi-class CPU.
-    "paper": SEResNetConfig(),
-    # A quarter of the widths: ~0.3 G MACs, under 1 ms int8 on one x86 core.
-    "edge": SEResNetConfig(widths=(32, 64, 128, 256)),
-    # ReLU because the Edge TPU compiler does not map LEAKY_RELU and cuts the graph there.
-    "edgetpu": SEResNetConfig(widths=(32, 64, 128, 256), activation="relu"),
-}
 
 
 def activation(x, kind: str, name: str):
@@ -111,12 +90,6 @@ def baseline(name: str = "baseline"):
         x = layers.ReLU(name=f"block{i}_act")(x)
         x = layers.MaxPooling2D(2, name=f"block{i}_pool")(x)
     return tf.keras.Model(inputs, classifier_head(x, dense=256, dropout=0.4, act="relu", flatten=True), name=name)
-
-
-def resolve_config(preset: str, **overrides) -> SEResNetConfig:
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-    return replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
 
 
 def build_model(model: str = "seresnet", preset: str = "edge", **overrides):
