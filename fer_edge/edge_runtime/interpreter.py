@@ -42,19 +42,13 @@ def _runtime():
         pass
     else:
         return Interpreter, load_delegate
-    try:
+    try:  # the old runtime, for hosts where LiteRT has no wheel
         from tflite_runtime.interpreter import Interpreter, load_delegate
-    except ImportError:
-        pass
-    else:
-        return Interpreter, load_delegate
-    try:
-        import tensorflow as tf
     except ImportError:
         raise RuntimeMissingError(
             "no TFLite runtime found: install one with `pip install 'fer-edge[edge]'` (ai-edge-litert)"
         ) from None
-    return tf.lite.Interpreter, tf.lite.experimental.load_delegate
+    return Interpreter, load_delegate
 
 
 def _edgetpu_delegate(device: str, load_delegate):
