@@ -35,8 +35,10 @@ def test_readme_results_are_rendered_from_the_card(card):
 
 
 def test_shipped_int8_is_fully_integer():
-    result = run_cli("inspect", SHIPPED_MODEL, "--require-int8")
-    assert "int8" in result.output
+    report = json.loads(run_cli("inspect", SHIPPED_MODEL, "--require-int8", "--json").output)
+    assert report["fully_int8"] is True and report["ops"]
+    assert all(op["int8"] for op in report["ops"]), [op["name"] for op in report["ops"] if not op["int8"]]
+    assert not any(op["name"] in ("QUANTIZE", "DEQUANTIZE") for op in report["ops"])
 
 
 def test_evaluate_reproduces_the_card(card, fer2013, tmp_path):
