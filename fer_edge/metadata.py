@@ -13,16 +13,16 @@ import zlib
 from pathlib import Path
 
 from fer_edge.errors import FerEdgeError
+from fer_edge.spec import CONTRACT
 
 METADATA_NAME = "fer_edge.json"
-FORMAT = "fer-edge/1"
 
 
 def embed(tflite_bytes: bytes, metadata: dict) -> bytes:
     """Return the model bytes with `metadata` appended as `fer_edge.json` in a zip archive."""
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr(METADATA_NAME, json.dumps({"format": FORMAT, **metadata}, indent=2, sort_keys=True))
+        zf.writestr(METADATA_NAME, json.dumps({"format": CONTRACT, **metadata}, indent=2, sort_keys=True))
     return bytes(tflite_bytes) + archive.getvalue()
 
 

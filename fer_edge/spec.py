@@ -20,6 +20,43 @@ PREPROCESSING = {
     "scale": 1.0 / 255.0,
     "offset": 0.0,
 }
+# The contract's version, embedded as the metadata's "format". Adding a key that old runtimes may
+# ignore keeps the major number; a change that makes them compute something else bumps it.
+CONTRACT = "fer-edge/1"
+
+
+def contract_problems(meta: dict) -> list[str]:
+    """What in a model's embedded metadata this runtime cannot honour (an empty list: none).
+
+    Only what changes the numbers is compared: the contract's major version, colour, input size,
+    scale and offset, and the class count. Unknown extra keys are ignored, so a newer exporter
+    that records more does not lock out older models or runtimes.
+    """
+    problems = []
+    fmt = meta.get("format", CONTRACT)
+    major = str(fmt).rpartition("/")[2].split(".")[0]
+    if not str(fmt).startswith("fer-edge/") or not major.isdigit():
+        problems.append(f"unknown metadata format {fmt!r}")
+    elif int(major) > int(CONTRACT.rpartition("/")[2]):
+        problems.append(f"metadata format {fmt} is newer than this runtime's {CONTRACT}: upgrade fer-edge")
+    pre = meta.get("preprocessing")
+    if pre is not None:
+        if not isinstance(pre, dict):
+            return problems + ["preprocessing is not a mapping"]
+        for key in ("color", "size"):
+            if key in pre and pre[key] != PREPROCESSING[key]:
+                problems.append(f"preprocessing {key} {pre[key]!r}, this runtime feeds {PREPROCESSING[key]!r}")
+        for key in ("scale", "offset"):
+            value = pre.get(key, PREPROCESSING[key])
+            if not isinstance(value, (int, float)) or abs(value - PREPROCESSING[key]) > 1e-9:
+                problems.append(f"preprocessing {key} {value!r}, this runtime feeds {PREPROCESSING[key]!r}")
+    names = meta.get("class_names")
+    if names is not None:
+        if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+            problems.append("class_names is not a list of names")
+        elif len(names) != NUM_CLASSES:
+            problems.append(f"{len(names)} classes, expected {NUM_CLASSES}")
+    return problems
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:

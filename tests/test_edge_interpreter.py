@@ -6,6 +6,7 @@ import ctypes.util
 import numpy as np
 import pytest
 
+from fer_edge import spec
 from fer_edge.edge_runtime.detection import packaged_blazeface_path
 from fer_edge.edge_runtime.errors import EdgeTpuUnavailableError, ModelError
 from fer_edge.edge_runtime.interpreter import make_interpreter
@@ -62,3 +63,20 @@ def test_corrupt_model(tmp_path):
     path.write_bytes(np.random.default_rng(0).bytes(4096))
     with pytest.raises(ModelError, match="cannot load model"):
         make_interpreter(path)
+
+
+@pytest.mark.parametrize("change, refused", [
+    ({"notes": "a key a newer exporter adds"}, None),
+    ({"preprocessing": {**spec.PREPROCESSING, "denoise": "none"}}, None),
+    ({"format": "fer-edge/1.3"}, None),
+    ({"format": "fer-edge/2"}, "newer than this runtime"),
+    ({"format": "onnx"}, "unknown metadata format"),
+    ({"preprocessing": {**spec.PREPROCESSING, "scale": 1.0}}, "preprocessing scale 1.0"),
+    ({"preprocessing": {**spec.PREPROCESSING, "color": "rgb"}}, "preprocessing color 'rgb'"),
+    ({"class_names": ["a", "b"]}, "2 classes"),
+])
+def test_the_model_contract_checks_what_matters(change, refused):
+    """Extra keys and minor versions load; a newer major, other numbers or other classes do not."""
+    meta = {"format": spec.CONTRACT, "preprocessing": dict(spec.PREPROCESSING), "class_names": list(spec.CLASS_NAMES)}
+    problems = spec.contract_problems({**meta, **change})
+    assert (problems == []) if refused is None else any(refused in p for p in problems), problems

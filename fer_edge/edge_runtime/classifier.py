@@ -73,16 +73,9 @@ class EmotionClassifier:
         self.class_names: tuple[str, ...] = tuple(names)
 
     def _check_metadata(self, path: Path) -> None:
-        if self.metadata is None:
-            return
-        preprocessing = self.metadata.get("preprocessing")
-        if preprocessing is not None and preprocessing != spec.PREPROCESSING:
-            raise ModelError(f"{path} expects preprocessing {preprocessing}, this runtime feeds {spec.PREPROCESSING}")
-        names = self.metadata.get("class_names")
-        if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
-            raise ModelError(f"{path}: class_names in its metadata is not a list of names")
-        if names is not None and len(names) != spec.NUM_CLASSES:
-            raise ModelError(f"{path} has {len(names)} classes, expected {spec.NUM_CLASSES}")
+        problems = spec.contract_problems(self.metadata) if self.metadata is not None else []
+        if problems:
+            raise ModelError(f"{path}: its metadata does not fit this runtime: " + "; ".join(problems))
 
     def _check_tensors(self, path: Path) -> None:
         shape = tuple(int(d) for d in self._input["shape"][1:])
