@@ -12,7 +12,9 @@ from pathlib import Path
 
 import click
 
+from fer_edge.convert.benchmark import DEFAULT_MAX_ACC_DROP, DEFAULT_MAX_F1_DROP
 from fer_edge.convert.commands import DATA_HELP, SPLITS, benchmark
+from fer_edge.convert.export import DEFAULT_CALIBRATION
 from fer_edge.errors import FerEdgeError
 
 
@@ -37,10 +39,10 @@ def build_missing(run: Path, int8: bool, data_path, calibration: int, rebuild: b
 @click.option("--data", "data_path", type=click.Path(), help=DATA_HELP)
 @click.option("--split", type=click.Choice(SPLITS), default="PrivateTest", show_default=True)
 @click.option("--limit", type=int, help="Use a stratified subset of this many images of the split.")
-@click.option("--calibration", type=int, default=500, show_default=True, help="Training faces for PTQ calibration.")
+@click.option("--calibration", type=int, default=DEFAULT_CALIBRATION, show_default=True, help="Training faces for PTQ calibration.")
 @click.option("--invokes", type=int, default=200, show_default=True, help="Invokes per latency median.")
-@click.option("--max-acc-drop", type=float, default=1.0, show_default=True)
-@click.option("--max-f1-drop", type=float, default=0.01, show_default=True)
+@click.option("--max-acc-drop", type=float, default=DEFAULT_MAX_ACC_DROP, show_default=True)
+@click.option("--max-f1-drop", type=float, default=DEFAULT_MAX_F1_DROP, show_default=True)
 @click.option("--out", "json_out", type=click.Path(), help="Write the results as JSON to this file.")
 @click.option("--rebuild", is_flag=True, help="Convert again even where the .tflite files exist.")
 @click.pass_context

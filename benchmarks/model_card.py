@@ -25,7 +25,8 @@ import click
 import numpy as np
 
 from fer_edge import atomic, card as cards, spec
-from fer_edge.convert.benchmark import latency_ms
+from fer_edge.convert.benchmark import DEFAULT_MAX_ACC_DROP, DEFAULT_MAX_F1_DROP, latency_ms
+from fer_edge.train import run as runs
 from fer_edge.train.data import load_dataset
 from fer_edge.train.evaluate import compute_metrics, evaluate_split
 from peer import DEFAULT_PEER, PeerModel
@@ -57,7 +58,7 @@ def recipe(cfg: dict) -> str:
 
 
 def run_state(run: Path) -> dict:
-    return json.loads((run / "state.json").read_text())
+    return runs.read_state(run)
 
 
 def convert_if_missing(run: Path, int8: bool) -> Path:
@@ -84,12 +85,13 @@ def convert_if_missing(run: Path, int8: bool) -> Path:
 @click.option("--out", type=click.Path(path_type=Path), default=cards.MODELS_DIR, show_default=True)
 @click.option("--ship", is_flag=True, help="Copy the .tflite files (up to 8 MB) into --out and refresh README.md's results.")
 @click.option("--version", "model_version", default="1", show_default=True)
-@click.option("--max-acc-drop", type=float, default=1.0, show_default=True)
-@click.option("--max-f1-drop", type=float, default=0.01, show_default=True)
+@click.option("--max-acc-drop", type=float, default=DEFAULT_MAX_ACC_DROP, show_default=True)
+@click.option("--max-f1-drop", type=float, default=DEFAULT_MAX_F1_DROP, show_default=True)
 def main(float_run, qat_run, baseline_run, ptq_path, data_path, peer_path, out, ship, model_version, max_acc_drop, max_f1_drop):
     ds = load_dataset(data_path)
     split = "PrivateTest"
-    images, labels = ds.split(split)
+    idx = ds.indices(split)
+    images, labels = ds.images[idx], ds.labels[idx]
     leaked = ds.leaked(split)
     int8_path, float_path = convert_if_missing(qat_run, int8=True), convert_if_missing(float_run, int8=False)
 
@@ -122,8 +124,8 @@ def main(float_run, qat_run, baseline_run, ptq_path, data_path, peer_path, out, 
                               == predict_probs(load_predictor(int8_path), images).argmax(1)))
     acc_drop = 100 * (m_float["accuracy"] - m_int8["accuracy"])
     f1_drop = m_float["f1_macro"] - m_int8["f1_macro"]
-    float_cfg = json.loads((float_run / "config.json").read_text())
-    qat_cfg = json.loads((qat_run / "config.json").read_text())
+    float_cfg = runs.config_dict(float_run)
+    qat_cfg = runs.config_dict(qat_run)
     peer_acc = rows[1]["accuracy"] if peer_path.is_file() else None
     targets = [
         {"name": "PrivateTest accuracy (int8)", "goal": "≥ 70%", "measured": cards._pct(m_int8["accuracy"]),

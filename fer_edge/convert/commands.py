@@ -12,6 +12,8 @@ from pathlib import Path
 import click
 
 from fer_edge import atomic
+from fer_edge.convert.benchmark import DEFAULT_MAX_ACC_DROP, DEFAULT_MAX_F1_DROP
+from fer_edge.convert.export import DEFAULT_CALIBRATION
 from fer_edge.errors import FerEdgeError
 from fer_edge.train.commands import DATA_HELP
 from fer_edge.train.data import SPLITS
@@ -29,7 +31,7 @@ def default_out(model: Path, int8: bool) -> Path:
 @click.option("--out", type=click.Path(), help="Output .tflite [default: model_int8.tflite in a run folder, "
                                                "else <model>_int8.tflite beside it].")
 @click.option("--data", "data_path", type=click.Path(), help=DATA_HELP)
-@click.option("--calibration", type=int, default=500, show_default=True,
+@click.option("--calibration", type=int, default=DEFAULT_CALIBRATION, show_default=True,
               help="Training faces that calibrate post-training int8 ranges (float models only).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration draw.")
 @click.option("--name", help="Model name in the embedded card [default: the Keras model's name].")
@@ -130,9 +132,9 @@ def inspect_command(model, require_int8, target, as_json):
 @click.option("--split", type=click.Choice(SPLITS), default="PrivateTest", show_default=True)
 @click.option("--limit", type=int, help="Use a stratified subset of this many images of the split.")
 @click.option("--invokes", type=int, default=100, show_default=True, help="Invokes per latency median (0: skip).")
-@click.option("--max-acc-drop", type=float, default=1.0, show_default=True,
+@click.option("--max-acc-drop", type=float, default=DEFAULT_MAX_ACC_DROP, show_default=True,
               help="Budget: accuracy points an int8 model may lose against the float model.")
-@click.option("--max-f1-drop", type=float, default=0.01, show_default=True,
+@click.option("--max-f1-drop", type=float, default=DEFAULT_MAX_F1_DROP, show_default=True,
               help="Budget: macro F1 an int8 model may lose against the float model.")
 @click.option("--out", "json_out", type=click.Path(), help="Also write the results as JSON to this file.")
 def benchmark(models, data_path, split, limit, invokes, max_acc_drop, max_f1_drop, json_out):
