@@ -22,6 +22,25 @@ guest_install=${device_cmd//\"fer-edge\[edge\]\"/\"/opt/proj[edge]\"}
 [ "$guest_install" != "$device_cmd" ] || { echo "check-pi: README device command does not install \"fer-edge[edge]\"" >&2; exit 1; }
 echo "check-pi: README device command: $device_cmd"
 
+# Host prerequisites the emulator script expects: qemu-user >= 8.1 (bookworm-backports; bookworm's
+# 7.2 crashes inside LiteRT) registered with binfmt-support's update-binfmts. Backports' qemu 10
+# ships only a systemd binfmt.d entry, so it is imported into binfmt-support here.
+export DEBIAN_FRONTEND=noninteractive
+command -v update-binfmts >/dev/null && command -v debootstrap >/dev/null \
+  || { apt-get update -qq && apt-get install -y -qq binfmt-support debootstrap >/dev/null; }
+if ! dpkg --compare-versions "$(dpkg-query -W -f='${Version}' qemu-user 2>/dev/null || echo 0)" ge 1:8.1; then
+  mirror=$(sed -n 's/^URIs: *\([^ ]*\).*/\1/p' /etc/apt/sources.list.d/*.sources 2>/dev/null | grep -v security | head -n 1 || true)
+  echo "deb ${mirror:-http://deb.debian.org/debian} bookworm-backports main" > /etc/apt/sources.list.d/bookworm-backports.list
+  apt-get update -qq && apt-get install -y -qq -t bookworm-backports qemu-user-static >/dev/null
+fi
+conf=/usr/lib/binfmt.d/qemu-aarch64.conf
+if ! update-binfmts --display qemu-aarch64 >/dev/null 2>&1 && [ -f "$conf" ]; then
+  IFS=: read -r _ _ _ _ _ magic mask interpreter _ < "$conf"
+  printf 'package check-pi\ninterpreter %s\nmagic %s\nmask %s\ncredentials yes\nfix_binary yes\npreserve yes\n' \
+    "$interpreter" "$magic" "$mask" > /usr/share/binfmts/qemu-aarch64
+  update-binfmts --import qemu-aarch64
+fi
+
 # A broker on the host's loopback: the chroot shares the host's network, so the guest reaches it.
 for tool in mosquitto mosquitto_sub; do
   command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || {
@@ -35,6 +54,7 @@ printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\n' "$port
 "$MOSQUITTO" -c "$work/mosquitto.conf" >/dev/null 2>&1 &
 broker=$!
 trap 'kill $broker 2>/dev/null; rm -rf "$work"' EXIT
+for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 # Everything the daemon publishes as camera `pi-check`, kept for the checks below.
 mosquitto_sub -h 127.0.0.1 -p "$port" -t 'fer-edge/pi-check/#' -v -q 1 > "$work/mqtt.txt" &
 sub=$!
