@@ -35,7 +35,7 @@ if ! dpkg --compare-versions "$(dpkg-query -W -f='${Version}' qemu-user 2>/dev/n
 fi
 conf=/usr/lib/binfmt.d/qemu-aarch64.conf
 if ! update-binfmts --display qemu-aarch64 >/dev/null 2>&1 && [ -f "$conf" ]; then
-  IFS=: read -r _ _ _ _ _ magic mask interpreter _ < "$conf"
+  IFS=: read -r _ _ _ _ magic mask interpreter _ < "$conf"
   printf 'package check-pi\ninterpreter %s\nmagic %s\nmask %s\ncredentials yes\nfix_binary yes\npreserve yes\n' \
     "$interpreter" "$magic" "$mask" > /usr/share/binfmts/qemu-aarch64
   update-binfmts --import qemu-aarch64
