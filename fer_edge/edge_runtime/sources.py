@@ -70,12 +70,19 @@ def _picamera_frames(size: tuple[int, int] = (640, 480)) -> Iterator[np.ndarray]
         camera.close()
 
 
-def _capture_frames(source: str) -> Iterator[np.ndarray]:
+def _capture_frames(source: str, stream_timeouts_s: tuple[float, float] | None = None) -> Iterator[np.ndarray]:
     import cv2
 
-    capture = cv2.VideoCapture(int(source) if source.isdigit() else source)
+    if stream_timeouts_s and "://" in source:
+        # FFmpeg's own waits are unbounded for a camera that accepts and never answers.
+        open_s, read_s = stream_timeouts_s
+        capture = cv2.VideoCapture(source, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(open_s * 1000),
+                                                            cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(read_s * 1000)])
+    else:
+        capture = cv2.VideoCapture(int(source) if source.isdigit() else source)
     if not capture.isOpened():
-        raise SourceError(f"cannot open {source}")
+        raise SourceError(f"cannot open {source}" + (f" within {stream_timeouts_s[0]:g} s" if stream_timeouts_s
+                                                     and "://" in source else ""))
     try:
         ok, frame = capture.read()
         if not ok:
@@ -83,12 +90,16 @@ def _capture_frames(source: str) -> Iterator[np.ndarray]:
         while ok:
             yield frame
             ok, frame = capture.read()
+        if stream_timeouts_s and "://" in source:
+            raise SourceError(f"{source}: no frame for {stream_timeouts_s[1]:g} s or the stream closed")
     finally:
         capture.release()
 
 
-def read_frames(source: str) -> Iterator[np.ndarray]:
-    """Yield the frames of one source (BGR, or gray for the Pi camera); SourceError if it cannot be read."""
+def read_frames(source: str, stream_timeouts_s: tuple[float, float] | None = None) -> Iterator[np.ndarray]:
+    """Yield the frames of one source (BGR, or gray for the Pi camera); SourceError if it cannot be read.
+
+    `stream_timeouts_s` (open, read) bound the waits on a stream URL (rtsp://, http://)."""
     if source == PICAMERA:
         yield from _picamera_frames()
     elif is_image(source):
@@ -99,6 +110,6 @@ def read_frames(source: str) -> Iterator[np.ndarray]:
             raise SourceError(f"cannot read image {source}")
         yield image
     elif is_camera(source) or Path(source).is_file():
-        yield from _capture_frames(source)
+        yield from _capture_frames(source, stream_timeouts_s)
     else:
         raise SourceError(f"no such file: {source}")
