@@ -61,7 +61,7 @@ sub=$!
 trap 'kill $sub $broker 2>/dev/null; rm -rf "$work"' EXIT
 
 # The guest script: the one install command, then the three verbs.
-PROJECT=$REPO FRESH=1 "$EMU" "$(cat <<EOF
+PROJECT=$REPO FRESH=1 bash "$EMU" "$(cat <<EOF
 set -x
 pip uninstall -q -y fer-edge
 $guest_install
