@@ -215,3 +215,15 @@ def test_failed_connection_attempts_are_logged(caplog):
     lines = one_line(caplog, "cannot connect")
     assert lines[0].startswith(f"MQTT: cannot connect to 127.0.0.1:{port} (attempt 1): ")
     assert "Connection refused" in lines[0] and "(attempt 2)" in lines[1]
+
+
+def test_remove_discovery_without_a_broker_is_one_line():
+    port = free_port()
+    base = [sys.executable, "-m", "fer_edge", "daemon", "--camera-id", CAMERA, "--remove-discovery"]
+    result = subprocess.run(base + ["--mqtt-host", "127.0.0.1", "--mqtt-port", str(port)], capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"Error: cannot connect to the MQTT broker at 127.0.0.1:{port}: [Errno 111] Connection refused"]
+    result = subprocess.run(base, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "--remove-discovery needs the broker: set mqtt.host" in result.stderr
