@@ -51,7 +51,8 @@ def messages(config: DaemonConfig, base_topic: str, version: str) -> list[tuple[
     device = {"identifiers": [node], "name": f"fer-edge {config.camera_id}", "manufacturer": "fer-edge",
               "model": "fer-edge camera daemon", "sw_version": version}
     common = {"state_topic": f"{base_topic}/state", "availability_topic": f"{base_topic}/availability",
-              "payload_available": "online", "payload_not_available": "offline", "device": device}
+              "payload_available": "online", "payload_not_available": "offline", "device": device,
+              "origin": {"name": "fer-edge", "sw_version": version}}  # who sent it, shown in HA's logs
     entities = _entities(config, config.homeassistant.emotion_shares)
     names = topics(config, config.homeassistant.emotion_shares)
     return [(topic, json.dumps({**specific, "unique_id": f"{node}_{object_id}", **common},
