@@ -81,7 +81,7 @@ class Broker:
                 return True
             except OSError:
                 return False
-        wait_until(accepting, 5, "mosquitto to listen")
+        wait_until(accepting, 15, "mosquitto to listen")  # slow on a loaded 2-core machine
 
     def kill(self) -> None:
         self.process.kill()
@@ -213,6 +213,20 @@ def video(int8_model_path, tmp_path_factory):
     return path, expected
 
 
+@pytest.fixture(scope="module")
+def blank_video(tmp_path_factory):
+    """Two seconds of a faceless gray scene at 15 fps: enough for the daemon to run, no dataset needed."""
+    import cv2
+
+    path = tmp_path_factory.mktemp("blank") / "blank.mp4"
+    rng = np.random.default_rng(0)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 15.0, (160, 120))
+    for _ in range(30):
+        writer.write(rng.integers(90, 110, (120, 160, 3), dtype=np.uint8))
+    writer.release()
+    return path
+
+
 def make_config(model: Path, video_path: Path, **overrides):
     flags = {"model.path": str(model), "source.uri": str(video_path), "camera_id": CAMERA,
              "http.port": free_port(), "source.loop": True, "pipeline.max_fps": 0.0, "smoothing.min_hits": 2,
@@ -328,11 +342,12 @@ def test_daemon_reports_a_lost_camera_and_resumes(broker, int8_model_path, video
         openings.append(time.monotonic())
         if len(openings) in (2, 3):
             raise SourceError("cannot open /dev/video0")
-        for index, frame in enumerate(read_frames(str(path))):
-            if len(openings) == 1 and index == 20:
-                raise SourceError("camera unplugged")
-            yield frame
-            time.sleep(1 / 30)
+        while True:  # a camera never ends: replay the clip (a loaded machine may take longer than it lasts)
+            for index, frame in enumerate(read_frames(str(path))):
+                if len(openings) == 1 and index == 20:
+                    raise SourceError("camera unplugged")
+                yield frame
+                time.sleep(1 / 30)
 
     broker.start()
     config = make_config(int8_model_path, path, **{"source.uri": "/dev/video0", "mqtt.host": "127.0.0.1",
@@ -422,3 +437,71 @@ def test_daemon_process_stops_on_sigterm(broker, int8_model_path, video, tmp_pat
     lines = [json.loads(line) for line in stdout.splitlines()]  # stdout carries JSON lines only
     assert [r["type"] for r in lines if r["type"] == "face_appeared"]
     assert f"http://127.0.0.1:{http_port}" in stderr  # loopback unless another address is named
+
+
+def test_a_video_that_cannot_be_read_fails_once_and_exits_1(blank_video, tmp_path):
+    """A file source that errors is not retried like a camera: one `source_failed`, exit status 1."""
+    from fer_edge.edge_runtime.classifier import SHIPPED_MODEL
+
+    out = tmp_path / "events.jsonl"
+    config = make_config(SHIPPED_MODEL, blank_video, **{"output.jsonl": str(out), "http.enabled": False})
+    openings = []
+
+    def broken_file(uri):
+        openings.append(uri)
+        raise SourceError(f"cannot open {uri}")
+        yield  # a generator, like sources.read_frames
+
+    daemon = Daemon(config)
+    daemon.grabber = FrameGrabber(config.source, daemon.metrics, read_frames=broken_file)
+    started = time.monotonic()
+    assert daemon.run() == 1
+    assert time.monotonic() - started < 2 and openings == [str(blank_video)]
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["type"] for r in records] == ["source_failed"]
+    assert records[0]["error"] == f"cannot open {blank_video}"
+
+
+def test_an_idle_http_client_is_disconnected(blank_video):
+    from fer_edge.edge_runtime.classifier import SHIPPED_MODEL
+
+    config = make_config(SHIPPED_MODEL, blank_video, **{"http.client_timeout_s": 0.5})
+    with running(Daemon(config)):
+        wait_until(lambda: http_get(config.http.port, "/healthz")[0] in (200, 503), 5, "the HTTP server")
+        with socket.create_connection(("127.0.0.1", config.http.port), 5) as idle:
+            idle.settimeout(5)
+            started = time.monotonic()
+            assert idle.recv(100) == b""  # the server closed it, having received nothing
+            assert 0.4 < time.monotonic() - started < 3
+        assert http_get(config.http.port, "/healthz")[0] in (200, 503)  # other clients are still served
+
+
+def test_sighup_reloads_the_config_or_keeps_the_running_one(blank_video, tmp_path):
+    """The real command: SIGHUP re-reads the config file; an invalid one is logged and ignored."""
+    http_port = free_port()
+    config = tmp_path / "daemon.toml"
+    config.write_text(f'camera_id = "before"\n[source]\nuri = "{blank_video}"\nloop = true\n'
+                      f'[http]\nport = {http_port}\n')
+    process = subprocess.Popen([sys.executable, "-m", "fer_edge", "daemon", "--config", str(config)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def camera_id():
+        try:
+            return json.loads(http_get(http_port, "/state")[1])["camera_id"]
+        except (OSError, ValueError):
+            return None
+    try:
+        wait_until(lambda: camera_id() == "before", 30, "the daemon to serve /state", interval=0.2)
+        config.write_text(config.read_text().replace('"before"', '"after"'))
+        process.send_signal(signal.SIGHUP)
+        wait_until(lambda: camera_id() == "after", 30, "the reloaded camera_id", interval=0.2)
+        config.write_text(config.read_text().replace("loop = true", "loop = 3"))
+        process.send_signal(signal.SIGHUP)
+        time.sleep(2)
+        assert process.poll() is None and camera_id() == "after"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=10)
+    assert process.returncode == 0, stderr
+    assert "SIGHUP: configuration reloaded" in stderr
+    assert "SIGHUP: source.loop: expected bool, got 3" in stderr and "keeping the running configuration" in stderr

@@ -1,4 +1,7 @@
 """Daemon configuration: precedence, validation, secrets and --check-config (no dataset, no model run)."""
+import os
+import shutil
+import subprocess
 import re
 import tomllib
 from pathlib import Path
@@ -12,13 +15,24 @@ from fer_edge.edge_runtime.daemon.config import ALL_KEYS, ConfigError, DaemonCon
 REPO = Path(__file__).resolve().parents[1]
 
 
+def write_video(path: Path, frames: int = 2) -> Path:
+    import cv2
+    import numpy as np
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 5.0, (64, 48))
+    for _ in range(frames):
+        writer.write(np.zeros((48, 64, 3), np.uint8))
+    writer.release()
+    return path
+
+
 @pytest.fixture
 def files(tmp_path):
-    """A placeholder model and video: --check-config only needs them to exist."""
-    model, video = tmp_path / "m.tflite", tmp_path / "v.mp4"
+    """A placeholder model (--check-config only needs it to exist) and a real two-frame video
+    (the source must decode)."""
+    model = tmp_path / "m.tflite"
     model.write_bytes(b"placeholder")
-    video.write_bytes(b"placeholder")
-    return model, video
+    return model, write_video(tmp_path / "v.mp4")
 
 
 def flatten(document: dict) -> dict:
@@ -68,6 +82,11 @@ def test_flags_override_file_override_environment(tmp_path):
     ("[mqtt]\ntls_ca = '/no/such/ca.pem'\n", "mqtt.tls_ca: no such file"),
     ("[source]\nretry_min_s = 5\nretry_max_s = 1\n", "source.retry_min_s: must not exceed"),
     ("[mqtt\n", "is not valid TOML"),
+    ("[mqtt]\nkeepalive_s = 65536\n", "mqtt.keepalive_s: expected an integer 5..65535 (MQTT's limit), got 65536"),
+    ("[output]\njsonl = '/no/such/folder/events.jsonl'\n", "output.jsonl: no such folder: /no/such/folder"),
+    ("[homeassistant]\nnode_id = 'my node'\n", "homeassistant.node_id: expected letters, digits, _ and - only"),
+    ("[homeassistant]\ndiscovery_prefix = 'ha/'\n", "homeassistant.discovery_prefix: expected a topic"),
+    ("[source]\nopen_timeout_s = 0\n", "source.open_timeout_s: expected a number > 0"),
 ])
 def test_bad_file_names_the_key(tmp_path, toml, message):
     with pytest.raises(ConfigError, match=None) as error:
@@ -84,6 +103,49 @@ def test_bad_environment_names_the_variable(environ, message):
     with pytest.raises(ConfigError) as error:
         resolve(environ=environ)
     assert message in str(error.value)
+
+
+def test_a_ca_file_that_is_not_a_certificate_names_key_and_file(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not a certificate\n")
+    with pytest.raises(ConfigError) as error:
+        resolve(config_path=write_toml(tmp_path, f"[mqtt]\ntls_ca = '{ca}'\n"))
+    assert str(error.value).startswith(f"mqtt.tls_ca: {ca} is not a readable PEM CA certificate")
+
+
+def test_a_jsonl_path_that_is_a_folder_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="output.jsonl: cannot write to"):
+        resolve({"output.jsonl": str(tmp_path)})
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write to a read-only folder")
+def test_an_unwritable_jsonl_file_is_refused(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        with pytest.raises(ConfigError, match="output.jsonl: cannot write to"):
+            resolve({"output.jsonl": str(folder / "events.jsonl")})
+    finally:
+        folder.chmod(0o700)
+
+
+def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path):
+    path = tmp_path / "daemon.toml"
+    path.write_bytes(b"camera_id = \"caf\xe9\"\n")  # Latin-1, not UTF-8
+    result = CliRunner().invoke(main, ["daemon", "--config", str(path), "--check-config"])
+    assert result.exit_code == 1
+    assert result.output == f"Error: config file {path} is not UTF-8 text (byte 0xe9 at offset 16)\n"
+
+
+def test_a_video_that_cannot_be_decoded_fails_the_check(tmp_path, files):
+    model, _ = files
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(os.urandom(4096))
+    result = CliRunner().invoke(main, ["daemon", "--source", str(broken), "--model", str(model), "--check-config"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"Error: source.uri: {str(broken)!r} is not a video that can be decoded (no frame could be read)"]
 
 
 def test_environment_types():
@@ -121,7 +183,10 @@ def test_check_config_prints_masked_config(tmp_path, files):
 
 
 @pytest.mark.parametrize("args, code, message", [
-    (["--mqtt-password", "x"], 2, "--mqtt-password"),
+    (["--mqtt-password", "x"], 2, "mqtt.password is a secret and is not taken on the command line"),
+    (["--mqtt-password", "x"], 2, "set it in the config file ([mqtt] password = ...) or in the environment as "
+                                  "FER_EDGE_MQTT_PASSWORD"),
+    (["--mqtt-tls-key", "k.pem"], 2, "FER_EDGE_MQTT_TLS_KEY"),
     (["--colour", "red"], 2, "--colour"),
     (["--mqtt-port", "abc"], 2, "'abc' is not a valid integer"),
     (["--mqtt-port", "70000"], 1, "mqtt.port: expected a port number 1..65535, got 70000 (command line)"),
@@ -134,7 +199,7 @@ def test_bad_command_line_is_one_clear_error(files, args, code, message):
     result = CliRunner().invoke(main, base + args)
     assert result.exit_code == code
     assert message in result.output
-    if code == 2:
+    if code == 2 and "secret" not in result.output:
         assert "No such option" in result.output or "not a valid" in result.output
     if code == 1:
         assert result.output.count("\n") == 1  # one line: "Error: ..."
@@ -147,3 +212,16 @@ def test_example_config_documents_every_key_with_its_default(tmp_path):
     uncommented = re.sub(r"(?m)^# ([a-z_0-9]+ = )", r"\1", example)
     assert set(flatten(tomllib.loads(uncommented))) == set(ALL_KEYS)
     assert resolve(config_path=write_toml(tmp_path, uncommented)) == DaemonConfig()
+
+
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+
+
+@pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="no systemd-analyze (Debian: apt-get install systemd)")
+def test_service_unit_is_sandboxed():
+    """The unit's exposure, as systemd rates it offline, is OK or better (SAFE)."""
+    result = subprocess.run([SYSTEMD_ANALYZE, "security", "--offline=true", str(REPO / "deploy" / "fer-edge.service")],
+                            capture_output=True, text=True, timeout=60)
+    level = re.search(r"Overall exposure level for fer-edge.service: ([\d.]+) (\w+)", result.stdout)
+    assert level, result.stdout + result.stderr
+    assert level.group(2) in ("OK", "SAFE") and float(level.group(1)) < 4.0, level.group(0)

@@ -120,12 +120,20 @@ def _picamera_frames(size: tuple[int, int] = (640, 480)) -> Iterator[np.ndarray]
         camera.close()
 
 
-def _capture_frames(source: str, max_pixels: int | None) -> Iterator[np.ndarray]:
+def _capture_frames(source: str, max_pixels: int | None = None,
+                    stream_timeouts_s: tuple[float, float] | None = None) -> Iterator[np.ndarray]:
     import cv2
 
-    capture = cv2.VideoCapture(int(source) if source.isdigit() else source)
+    if stream_timeouts_s and "://" in source:
+        # FFmpeg's own waits are unbounded for a camera that accepts and never answers.
+        open_s, read_s = stream_timeouts_s
+        capture = cv2.VideoCapture(source, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(open_s * 1000),
+                                                            cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(read_s * 1000)])
+    else:
+        capture = cv2.VideoCapture(int(source) if source.isdigit() else source)
     if not capture.isOpened():
-        raise SourceError(f"cannot open {source}")
+        raise SourceError(f"cannot open {source}" + (f" within {stream_timeouts_s[0]:g} s" if stream_timeouts_s
+                                                     and "://" in source else ""))
     try:
         check_frame_size(source, int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
                          int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)), max_pixels)
@@ -142,18 +150,23 @@ def _capture_frames(source: str, max_pixels: int | None) -> Iterator[np.ndarray]
         if read < announced:
             log.warning(f"{source}: ended after {read} of the {announced} frames its header announces "
                         "(truncated or damaged file?)")
+        if stream_timeouts_s and "://" in source:
+            raise SourceError(f"{source}: no frame for {stream_timeouts_s[1]:g} s or the stream closed")
     finally:
         capture.release()
 
 
-def read_frames(source: str, max_pixels: int | None = None) -> Iterator[np.ndarray]:
+def read_frames(source: str, max_pixels: int | None = None,
+                stream_timeouts_s: tuple[float, float] | None = None) -> Iterator[np.ndarray]:
     """Yield the frames of one source (BGR, or gray for the Pi camera); SourceError if it cannot be read
-    or a frame is larger than `max_pixels` (width x height; None: no cap)."""
+    or a frame is larger than `max_pixels` (width x height; None: no cap).
+
+    `stream_timeouts_s` (open, read) bound the waits on a stream URL (rtsp://, http://)."""
     if source == PICAMERA:
         yield from _picamera_frames()
     elif is_image(source):
         yield _read_image(source, max_pixels)
     elif is_camera(source) or Path(source).is_file():
-        yield from _capture_frames(source, max_pixels)
+        yield from _capture_frames(source, max_pixels, stream_timeouts_s)
     else:
         raise SourceError(f"no such file: {source}")

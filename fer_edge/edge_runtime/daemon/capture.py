@@ -4,6 +4,9 @@ Live sources (cameras, streams) must be read continuously or their drivers buffe
 so the thread reads at the source's pace and a frame the pipeline had no time for is replaced
 (and counted as dropped); memory stays at one frame. A video file is played at its own frame rate
 (`pace`) and optionally looped; unpaced, nothing is dropped: the thread waits for the pipeline.
+Streams are opened with open and read timeouts, so a dead or hung IP camera is reported lost
+within seconds instead of blocking a read forever; a video file that cannot be read is not
+retried like a camera that may come back.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Generator
 
@@ -24,17 +28,24 @@ from fer_edge.edge_runtime.errors import SourceError
 
 log = logging.getLogger(__name__)
 
-STARTING, OK, LOST, ENDED = "starting", "ok", "lost", "ended"
+STARTING, OK, LOST, ENDED, FAILED = "starting", "ok", "lost", "ended", "failed"
 
 
 def check_source(uri: str) -> None:
-    """Refuse, at start, a source that can never work (a missing file or an image)."""
+    """Refuse, at start, a source that can never work (a missing, still-image or undecodable file)."""
     if sources.is_camera(uri):
         return
     if not Path(uri).is_file():
         raise ConfigError(f"source.uri: no such file, camera or stream: {uri!r}")
     if sources.is_image(uri):
         raise ConfigError(f"source.uri: {uri!r} is a still image; the daemon needs a camera, stream or video")
+    frames = sources.read_frames(uri)
+    try:
+        next(frames)
+    except (SourceError, StopIteration):
+        raise ConfigError(f"source.uri: {uri!r} is not a video that can be decoded (no frame could be read)") from None
+    finally:
+        frames.close()
 
 
 def video_fps(uri: str) -> float:
@@ -50,7 +61,8 @@ def video_fps(uri: str) -> float:
 @dataclass
 class SourceStatus:
     state: str
-    """`starting`, `ok` (delivering), `lost` (retrying with back-off) or `ended` (a file finished)."""
+    """`starting`, `ok` (delivering), `lost` (retrying with back-off), `ended` (a file finished) or
+    `failed` (a file could not be read; not retried)."""
     error: str = ""
     since: float = 0.0
     """time.time() of the last state change."""
@@ -60,11 +72,12 @@ class FrameGrabber:
     """Owns the capture thread and the one-frame slot the pipeline takes frames from."""
 
     def __init__(self, config: SourceConfig, metrics: DaemonMetrics,
-                 read_frames: Callable[[str], Generator[np.ndarray, None, None]] = sources.read_frames):
+                 read_frames: Callable[[str], Generator[np.ndarray, None, None]] | None = None):
         self.config = config
         self.metrics = metrics
         self.live = sources.is_camera(config.uri)
-        self._read_frames = read_frames
+        self._read_frames = read_frames or partial(
+            sources.read_frames, stream_timeouts_s=(config.open_timeout_s, config.read_timeout_s))
         self._pace = 0.0 if self.live or not config.pace else 1.0 / video_fps(config.uri)
         # An unpaced file is a batch job: wait for the pipeline instead of dropping frames.
         self._wait_for_consumer = not self.live and not config.pace
@@ -108,7 +121,7 @@ class FrameGrabber:
                 self.changes.append(SourceStatus(state, error, time.time()))
             self.status = SourceStatus(state, error, time.time())
             self.metrics.source_up.set(1 if state == OK else 0)
-            (log.warning if state == LOST else log.info)("source %s: %s%s", self.config.uri, state,
+            (log.warning if state in (LOST, FAILED) else log.info)("source %s: %s%s", self.config.uri, state,
                                                          f" ({error})" if error else "")
 
     def _offer(self, frame: np.ndarray) -> None:
@@ -133,7 +146,10 @@ class FrameGrabber:
             delivered, error = self._pump()
             if self._stopping.is_set():
                 return
-            if not self.live and error is None:
+            if not self.live:
+                if error is not None:  # a broken file stays broken: retrying would spin forever
+                    self._set_status(FAILED, error)
+                    return
                 if not self.config.loop:
                     self._set_status(ENDED)
                     return

@@ -5,11 +5,15 @@ import logging
 import os
 import signal
 import sys
+import threading
+from typing import Callable
 
 import click
 
-from fer_edge.edge_runtime.daemon.config import DaemonConfig, resolve
+from fer_edge.edge_runtime.daemon.config import SECRET_KEYS, DaemonConfig, resolve, secret_on_command_line
 from fer_edge.errors import FerEdgeError
+
+log = logging.getLogger("fer_edge.edge_runtime.daemon")
 
 # Flag -> config key. Secrets (mqtt.password, mqtt.tls_key) have no flag on purpose: flags are
 # visible to every user in `ps`.
@@ -35,6 +39,15 @@ FLAGS: tuple[tuple[str, str, dict], ...] = (
 )
 
 
+def _remove_discovery(config: DaemonConfig) -> None:
+    from fer_edge.edge_runtime.daemon import discovery
+
+    if not config.mqtt.host:
+        raise click.UsageError("--remove-discovery needs the broker: set mqtt.host (or --mqtt-host)")
+    for topic in discovery.remove(config):
+        click.echo(f"cleared {topic}")
+
+
 def _param(key: str) -> str:
     return key.replace(".", "__")
 
@@ -42,43 +55,84 @@ def _param(key: str) -> str:
 def _with_config_flags(command):
     for declaration, key, options in reversed(FLAGS):
         command = click.option(declaration, _param(key), default=None, **options)(command)
+    for key in sorted(SECRET_KEYS):
+        command = _refuse_secret(key)(command)
     return command
 
 
-def _run(config: DaemonConfig) -> int:
+def _refuse_secret(key: str):
+    """A hidden flag for a secret, so that trying it says where the secret goes instead of 'no such option'."""
+    def refuse(ctx, param, value):
+        if value is not None:
+            raise click.UsageError(secret_on_command_line(key), ctx)
+    return click.option("--" + key.replace(".", "-").replace("_", "-"), hidden=True, expose_value=False,
+                        callback=refuse, is_eager=True)
+
+
+def _run(load: Callable[[], DaemonConfig]) -> int:
+    """Run daemons until one stops for good. SIGTERM and Ctrl-C stop cleanly; SIGHUP (`systemctl
+    reload`) reloads the configuration and restarts the daemon with it, or keeps the running
+    configuration, with an error in the log, when the new one is invalid."""
+    from fer_edge.edge_runtime.daemon.capture import check_source
     from fer_edge.edge_runtime.daemon.service import Daemon
 
+    config = load()
     logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    daemon = Daemon(config)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: daemon.stop())
-    return daemon.run()
+    while True:
+        daemon = Daemon(config)
+        reload = threading.Event()
+
+        def on_hangup(*_):
+            reload.set()
+            daemon.stop()
+        signal.signal(signal.SIGHUP, on_hangup)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: daemon.stop())
+        status = daemon.run()
+        if not reload.is_set():
+            return status
+        try:
+            config = load()
+            check_source(config.source.uri)
+            logging.getLogger().setLevel(config.log_level.upper())
+            log.info("SIGHUP: configuration reloaded")
+        except FerEdgeError as error:
+            log.error("SIGHUP: %s; keeping the running configuration", error)
 
 
 @click.command("daemon")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="FER_EDGE_CONFIG",
               help="TOML config file (also $FER_EDGE_CONFIG). Flags override it; it overrides FER_EDGE_* variables.")
 @click.option("--check-config", is_flag=True, help="Validate the configuration, print it (secrets masked) and exit.")
+@click.option("--remove-discovery", is_flag=True,
+              help="Retire this camera from Home Assistant: clear its discovery configs and its retained "
+                   "MQTT state and availability on the configured broker, then exit (stop its daemon first).")
 @_with_config_flags
-def daemon(config_path: str | None, check_config: bool, **flags) -> None:
+def daemon(config_path: str | None, check_config: bool, remove_discovery: bool, **flags) -> None:
     """Run the camera daemon: faces and smoothed emotions to JSON lines, MQTT and HTTP.
 
     No frame or face image is written or sent anywhere. Stops cleanly (MQTT `offline`) on SIGTERM
-    or Ctrl-C; a non-looped video file stops it at its end.
+    or Ctrl-C; SIGHUP reloads the configuration; a non-looped video file stops it at its end.
     """
     # paho, prometheus-client and LiteRT load only when the verb runs: other verbs stay light.
     from fer_edge.edge_runtime.daemon.capture import check_source
     from fer_edge.edge_runtime.daemon.service import model_path
 
+    def load() -> DaemonConfig:
+        return resolve({key: flags[_param(key)] for _, key, _ in FLAGS}, config_path, os.environ)
+
     try:
-        config = resolve({key: flags[_param(key)] for _, key, _ in FLAGS}, config_path, os.environ)
+        config = load()
+        if remove_discovery:
+            _remove_discovery(config)
+            return
         check_source(config.source.uri)
         model_path(config)
         if check_config:
             click.echo(config.to_toml(mask_secrets=True), nl=False)
             return
-        sys.exit(_run(config))
+        sys.exit(_run(load))
     except FerEdgeError as error:  # ConfigError included
         raise click.ClickException(str(error)) from None
     except OSError as error:  # e.g. the HTTP port is taken

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import os
+import ssl
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +71,10 @@ class SourceConfig:
     retry_min_s: float = field(default=0.5, metadata=_positive())
     """First wait before reopening a lost camera or stream; doubles on each failure."""
     retry_max_s: float = field(default=30.0, metadata=_positive())
+    open_timeout_s: float = field(default=5.0, metadata=_positive())
+    """Streams (rtsp://, http://): give up opening after this long, then retry with back-off."""
+    read_timeout_s: float = field(default=5.0, metadata=_positive())
+    """Streams: a camera that sends no frame for this long is reported lost and reopened."""
 
 
 @dataclass
@@ -137,13 +143,14 @@ class MqttConfig:
     port: int = field(default=1883, metadata=_port())
     qos: int = field(default=1, metadata=_check(lambda v: v in (0, 1, 2), "0, 1 or 2"))
     client_id: str = ""
-    """Empty uses `fer-edge-<camera_id>`."""
+    """Empty uses `fer-edge-<host name>-<camera_id>`: unique per device, so two devices never share one.
+    Two connections with one client id knock each other off the broker."""
     username: str = ""
     password: str = ""
     """Secret: set it in the config file or FER_EDGE_MQTT_PASSWORD, never on the command line."""
     topic_prefix: str = field(default="fer-edge", metadata=_check(
         lambda v: v and not any(c in v for c in "#+") and not v.endswith("/"), "a topic without wildcards or a trailing /"))
-    keepalive_s: int = field(default=30, metadata=_check(lambda v: v >= 5, "an integer >= 5"))
+    keepalive_s: int = field(default=30, metadata=_check(lambda v: 5 <= v <= 65535, "an integer 5..65535 (MQTT's limit)"))
     buffer: int = field(default=1000, metadata=_positive())
     """Messages kept while the broker is away; older ones are dropped (and counted) beyond this."""
     retry_min_s: float = field(default=1.0, metadata=_positive())
@@ -157,6 +164,21 @@ class MqttConfig:
 
 
 @dataclass
+class HomeAssistantConfig:
+    """Home Assistant MQTT discovery: each camera appears as a device with its sensors, no YAML."""
+
+    discovery: bool = True
+    """Publish retained discovery configs whenever MQTT is on (and again when Home Assistant restarts)."""
+    discovery_prefix: str = field(default="homeassistant", metadata=_check(
+        lambda v: v and not any(c in v for c in "#+") and not v.endswith("/"), "a topic without wildcards or a trailing /"))
+    node_id: str = field(default="", metadata=_check(
+        lambda v: all(c.isascii() and (c.isalnum() or c in "_-") for c in v), "letters, digits, _ and - only"))
+    """Empty uses `fer_edge_<camera_id>` (other characters replaced by _)."""
+    emotion_shares: bool = True
+    """Also one sensor per emotion: its share of the faces seen over the last minute, in %."""
+
+
+@dataclass
 class HttpConfig:
     """HTTP endpoints: /healthz, /state and /metrics."""
 
@@ -166,6 +188,8 @@ class HttpConfig:
     port: int = field(default=8080, metadata=_port(allow_zero=True))
     stale_after_s: float = field(default=5.0, metadata=_positive())
     """/healthz fails when the newest frame is older than this."""
+    client_timeout_s: float = field(default=10.0, metadata=_positive())
+    """A client that sends nothing for this long is disconnected (an idle client must not hold a thread)."""
 
 
 @dataclass
@@ -182,6 +206,7 @@ class DaemonConfig:
     smoothing: SmoothingConfig = field(default_factory=SmoothingConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
+    homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
 
     def get(self, key: str) -> Any:
@@ -308,6 +333,9 @@ def _from_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+    except UnicodeDecodeError as error:  # TOML is UTF-8 by definition
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {error.object[error.start]:#04x} "
+                          f"at offset {error.start})") from None
     values: dict[str, Any] = {}
     for name, value in document.items():
         if isinstance(value, dict):
@@ -335,7 +363,7 @@ def resolve(flags: Mapping[str, Any] | None = None, config_path: str | Path | No
         if value is None:
             continue
         if key in SECRET_KEYS:
-            raise ConfigError(f"{key} is a secret: set it in the config file or environment, not on the command line")
+            raise ConfigError(secret_on_command_line(key))
         values[key] = _typed(key, value, "command line")
     config = DaemonConfig()
     for key, value in values.items():
@@ -343,6 +371,14 @@ def resolve(flags: Mapping[str, Any] | None = None, config_path: str | Path | No
         setattr(getattr(config, table) if table else config, name, value)
     _check_combinations(config)
     return config
+
+
+def secret_on_command_line(key: str) -> str:
+    """Why a secret is refused as a flag, and where it goes instead."""
+    variable = ENV_PREFIX + key.replace(".", "_").upper()
+    return (f"{key} is a secret and is not taken on the command line (every user can read it in `ps`): "
+            f"set it in the config file ([{key.partition('.')[0]}] {key.partition('.')[2]} = ...) "
+            f"or in the environment as {variable}")
 
 
 def _check_combinations(config: DaemonConfig) -> None:
@@ -359,3 +395,30 @@ def _check_combinations(config: DaemonConfig) -> None:
         value = config.get(key)
         if value and not Path(value).is_file():
             raise ConfigError(f"{key}: no such file: {value}")
+    _check_tls(config.mqtt)
+    jsonl = config.output.jsonl
+    if jsonl and jsonl != "-":
+        folder = Path(jsonl).parent
+        if not folder.is_dir():
+            raise ConfigError(f"output.jsonl: no such folder: {folder} (for {jsonl})")
+        if Path(jsonl).is_dir() or not os.access(Path(jsonl) if Path(jsonl).exists() else folder, os.W_OK):
+            raise ConfigError(f"output.jsonl: cannot write to {jsonl}")
+
+
+def _check_tls(mqtt: MqttConfig) -> None:
+    """Load the TLS files as the connection will, so a wrong file fails now, naming its key."""
+    if not (mqtt.tls or mqtt.tls_ca):
+        return
+    context = ssl.create_default_context()
+    if mqtt.tls_ca:
+        try:
+            context.load_verify_locations(cafile=mqtt.tls_ca)
+        except (ssl.SSLError, OSError) as error:
+            raise ConfigError(f"mqtt.tls_ca: {mqtt.tls_ca} is not a readable PEM CA certificate ({error})") from None
+    if mqtt.tls_cert:
+        try:
+            # An empty password: an encrypted key fails here instead of prompting on a terminal.
+            context.load_cert_chain(mqtt.tls_cert, mqtt.tls_key, password="")
+        except (ssl.SSLError, OSError) as error:
+            raise ConfigError(f"mqtt.tls_cert: {mqtt.tls_cert} with mqtt.tls_key {mqtt.tls_key} is not a usable, "
+                              f"unencrypted PEM certificate and key pair ({error})") from None

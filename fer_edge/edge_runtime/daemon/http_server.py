@@ -16,7 +16,7 @@ class StatusServer:
     """Serves the daemon's health, state and metrics; it never serves images."""
 
     def __init__(self, host: str, port: int, health: Callable[[], tuple[bool, dict]],
-                 state: Callable[[], dict], metrics: Callable[[], bytes]):
+                 state: Callable[[], dict], metrics: Callable[[], bytes], client_timeout_s: float = 10.0):
         routes = {
             "/healthz": lambda: self._health_response(health),
             "/state": lambda: (200, "application/json", _json(state())),
@@ -24,6 +24,9 @@ class StatusServer:
         }
 
         class Handler(BaseHTTPRequestHandler):
+            # A socket timeout per connection: an idle or stalled client gives its thread back.
+            timeout = client_timeout_s
+
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
                 route = routes.get(self.path.split("?", 1)[0])
                 status, content_type, body = route() if route else (404, "application/json", _json({"error": "not found"}))

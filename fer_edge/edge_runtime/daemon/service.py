@@ -7,13 +7,15 @@ import time
 from pathlib import Path
 
 from fer_edge.edge_runtime.classifier import SHIPPED_MODEL, ClassifierOptions, EmotionClassifier
-from fer_edge.edge_runtime.daemon.capture import ENDED, LOST, OK, FrameGrabber, check_source
+from fer_edge import __version__
+from fer_edge.edge_runtime.daemon import discovery
+from fer_edge.edge_runtime.daemon.capture import ENDED, FAILED, LOST, OK, FrameGrabber, check_source
 from fer_edge.edge_runtime.daemon.config import ConfigError, DaemonConfig
 from fer_edge.edge_runtime.daemon.http_server import StatusServer
 from fer_edge.edge_runtime.daemon.jsonl import JsonLinesWriter
 from fer_edge.edge_runtime.daemon.metrics import DaemonMetrics
 from fer_edge.edge_runtime.daemon.mqtt import MqttPublisher
-from fer_edge.edge_runtime.daemon.tracking import FaceTracker
+from fer_edge.edge_runtime.daemon.tracking import EmotionShares, FaceTracker, dominant
 from fer_edge.edge_runtime.pipeline import EmotionPipeline, PipelineOptions
 
 log = logging.getLogger(__name__)
@@ -52,16 +54,26 @@ class Daemon:
         self.metrics = DaemonMetrics()
         self.pipeline = build_pipeline(config)
         self.tracker = FaceTracker(config.smoothing, self.pipeline.classifier.class_names)
+        self.shares = EmotionShares(self.pipeline.classifier.class_names)
         self.grabber = FrameGrabber(config.source, self.metrics)
-        self.mqtt = MqttPublisher(config.mqtt, config.camera_id, self.metrics) if config.mqtt.host else None
+        self.mqtt = self._mqtt_publisher() if config.mqtt.host else None
         self.jsonl = JsonLinesWriter(config.output.jsonl) if config.output.jsonl else None
-        self.http = StatusServer(config.http.host, config.http.port, self.health, self.state, self.metrics.render) if (
-            config.http.enabled) else None
+        self.http = StatusServer(config.http.host, config.http.port, self.health, self.state, self.metrics.render,
+                                 client_timeout_s=config.http.client_timeout_s) if config.http.enabled else None
         self._stopping = threading.Event()
         self._source_state = self.grabber.status.state
         self._state: dict = self._snapshot()
         self._last_state_sent = 0.0
         self._summary = {"since": time.monotonic(), "frames": 0, "faces": 0, "captured": 0.0, "dropped": 0.0}
+
+    def _mqtt_publisher(self) -> MqttPublisher:
+        config = self.config
+        if not config.homeassistant.discovery:
+            return MqttPublisher(config.mqtt, config.camera_id, self.metrics)
+        base = f"{config.mqtt.topic_prefix}/{config.camera_id}"
+        return MqttPublisher(config.mqtt, config.camera_id, self.metrics,
+                             announcements=lambda: discovery.messages(config, base, __version__),
+                             birth_topic=f"{config.homeassistant.discovery_prefix}/status")
 
     # --- what the outputs see -------------------------------------------------------------------
 
@@ -69,9 +81,13 @@ class Daemon:
         status = self.grabber.status
         faces = self.tracker.faces()
         self.metrics.faces.set(len(faces))
-        return {"camera_id": self.camera_id, "ts": round(time.time(), 3),
-                "source": {"state": status.state, "error": status.error, "since": round(status.since, 3)},
-                "faces": faces}
+        snapshot = {"camera_id": self.camera_id, "ts": round(time.time(), 3),
+                    "source": {"state": status.state, "error": status.error, "since": round(status.since, 3)},
+                    "faces": faces, "face_count": len(faces), "dominant_emotion": dominant(faces),
+                    "emotion_shares": self.shares.shares()}
+        if self.mqtt:  # lets a second daemon that publishes as this camera be told apart
+            snapshot["publisher"] = self.mqtt.client_id
+        return snapshot
 
     def state(self) -> dict:
         """The current faces and source state (what /state serves and MQTT `state` carries)."""
@@ -84,7 +100,8 @@ class Daemon:
         source_ok = self.grabber.status.state == OK and age is not None and age <= self.config.http.stale_after_s
         broker = None if self.mqtt is None else self.mqtt.connected
         details = {"camera_id": self.camera_id, "source_ok": source_ok, "source_state": self.grabber.status.state,
-                   "source_error": self.grabber.status.error, "last_frame_age_s": age, "broker_connected": broker}
+                   "source_error": self.grabber.status.error, "last_frame_age_s": age, "broker_connected": broker,
+                   "mqtt_conflict": None if self.mqtt is None else self.mqtt.conflict}
         healthy = source_ok and broker is not False
         return healthy, {"status": "ok" if healthy else "unhealthy", **details}
 
@@ -142,7 +159,11 @@ class Daemon:
             elif status.state == OK and previous == LOST:
                 self._emit([{"type": "source_restored"}])
             elif status.state == ENDED:
-                self._emit([{"type": "source_ended"}])
+                # The faces leave with the source: nothing retained may still show them.
+                self._emit(self.tracker.clear() + [{"type": "source_ended"}])
+            elif status.state == FAILED:
+                log.error("source %s: %s", self.config.source.uri, status.error)
+                self._emit(self.tracker.clear() + [{"type": "source_failed", "error": status.error}])
         return changed
 
     def _process(self, frame) -> bool:
@@ -153,12 +174,15 @@ class Daemon:
         self.metrics.faces_detected.inc(len(result.faces))
         self._summary["frames"] += 1
         self._summary["faces"] += len(result.faces)
-        events = self.tracker.update(result.faces, time.time())
+        now = time.time()
+        events = self.tracker.update(result.faces, now)
+        self.shares.add(now, [t["label"] for t in self.tracker.faces()])
         self._emit(events)
         return bool(events)
 
     def run(self) -> int:
-        """Process frames until stop() or the end of an unlooped file; return the exit status (0)."""
+        """Process frames until stop() or the end of an unlooped file; return the exit status
+        (0; 1 when a video file could not be read)."""
         if self.http:
             self.http.start()
         if self.mqtt:
@@ -174,8 +198,9 @@ class Daemon:
                 if taken is not None:
                     seq, frame = taken
                     changed = self._process(frame) or changed
-                elif self.grabber.status.state == ENDED:
+                elif self.grabber.status.state in (ENDED, FAILED):
                     self._watch_source()
+                    self._publish_state(changed=True)  # the final, retained state: source ended, no faces
                     break
                 self._publish_state(changed)
                 self._summarize()
@@ -184,7 +209,7 @@ class Daemon:
                     self._stopping.wait(min_period - (time.monotonic() - started))
         finally:
             self._shutdown()
-        return 0
+        return 1 if self.grabber.status.state == FAILED else 0
 
     def stop(self) -> None:
         """Ask run() to return; safe from a signal handler."""

@@ -163,3 +163,36 @@ class FaceTracker:
     def faces(self) -> list[dict]:
         """The confirmed faces now in view (or briefly unseen), oldest first."""
         return [self.describe(t) for t in self.tracks if t.confirmed]
+
+
+class EmotionShares:
+    """Each emotion's share of the confirmed faces seen over a sliding window (per processed frame)."""
+
+    def __init__(self, class_names: Sequence[str], window_s: float = 60.0):
+        self.class_names = tuple(class_names)
+        self.window_s = window_s
+        self._counts: deque[tuple[float, Counter]] = deque()
+        self._total: Counter = Counter()
+
+    def add(self, now: float, labels: Sequence[str]) -> None:
+        if labels:
+            counts = Counter(labels)
+            self._counts.append((now, counts))
+            self._total += counts
+        while self._counts and self._counts[0][0] < now - self.window_s:
+            self._total -= self._counts.popleft()[1]
+
+    def shares(self) -> dict[str, float]:
+        """{emotion: % of face observations in the window}; all 0 when no face was seen."""
+        total = sum(self._total.values())
+        return {name: round(100.0 * self._total[name] / total, 1) if total else 0.0 for name in self.class_names}
+
+
+def dominant(faces: Sequence[dict]) -> str:
+    """The emotion most faces in view show (ties: the higher summed confidence); `none` without faces."""
+    if not faces:
+        return "none"
+    score: Counter = Counter()
+    for face in faces:
+        score[face["label"]] += 1 + face["confidence"] / (len(faces) + 1)
+    return score.most_common(1)[0][0]
