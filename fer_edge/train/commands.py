@@ -137,6 +137,10 @@ def evaluate(model, data_path, split, out, tta_flip, limit):
     metrics = evaluate_split(model, load_dataset(data_path), split, out_dir=out, tta_flip=tta_flip, limit=limit)
     click.echo(summary_line(metrics))
     click.echo(" ".join(f"{c} R={m['recall']:.2f}" for c, m in metrics["per_class"].items()))
+    if "ferplus" in metrics:
+        from fer_edge.train.ferplus import summary_line as ferplus_line
+
+        click.echo(ferplus_line(metrics["ferplus"]))
     if out:
         click.echo(f"report: {Path(out) / 'metrics.json'}")
 

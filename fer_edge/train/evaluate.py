@@ -10,6 +10,7 @@ from fer_edge import atomic
 from fer_edge.errors import FerEdgeError
 from fer_edge.spec import CLASS_NAMES, preprocess_faces
 from fer_edge.train.data import FerDataset
+from fer_edge.train.ferplus import ferplus_metrics
 
 
 class KerasPredictor:
@@ -103,6 +104,8 @@ def evaluate_split(model, ds: FerDataset, split: str, out_dir: Path | None = Non
         leaked = leaked[np.searchsorted(ds.indices(split), idx)]
     probs = predict_probs(load_predictor(model), images, tta_flip)
     metrics = {"split": split, "tta_flip": tta_flip, **compute_metrics(labels, probs, leaked)}
+    if ds.ferplus_votes is not None and ds.ferplus_votes[idx].any():
+        metrics["ferplus"] = ferplus_metrics(ds.ferplus_votes[idx], probs)
     if out_dir is not None:
         write_report(metrics, labels, probs, Path(out_dir), f"{split}")
     return metrics
