@@ -111,3 +111,52 @@ def test_evaluate_reports_ferplus(int8_model_path, fer2013, tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())["ferplus"]
     assert 0 < metrics["labelled_images"] < 700 and metrics["neutral_faces"]["images"] > 50
     assert 0.2 < metrics["accuracy"] < 1 and sum(metrics["neutral_faces"]["predicted"].values()) == pytest.approx(1)
+
+
+# ---------------------------------------------------------------- calibration
+
+
+@pytest.fixture(scope="module")
+def calibrated(int8_model_path, fer2013, tmp_path_factory) -> tuple[Path, dict]:
+    """A copy of the small int8 model with calibrations fitted on real FER+ votes beside it."""
+    model = tmp_path_factory.mktemp("calibrated") / "model.tflite"
+    model.write_bytes(int8_model_path.read_bytes())
+    output = run_cli("calibrate", model, "--neutral-target", "0.6").output
+    assert "| none |" in output and "| neutral |" in output
+    return model, json.loads(sidecar_path(model).read_text())
+
+
+def test_calibration_is_applied_as_stored(calibrated, faces):
+    model, document = calibrated
+    entry = document["calibrations"]["ferplus"]
+    plain = EmotionClassifier(ClassifierOptions(model, num_threads=1)).classify(faces)
+    logits = np.log(np.maximum(plain, 1 / 512)) / entry["temperature"] + np.array(entry["bias"])
+    expected = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    got = EmotionClassifier(ClassifierOptions(model, num_threads=1, calibration="ferplus")).classify(faces)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    # Fitted on PublicTest, measured on PrivateTest: the neutral bias meets its goal where it was fitted.
+    neutral = document["calibrations"]["neutral"]
+    assert neutral["PublicTest"]["ferplus_neutral_predicted_neutral"] >= 0.6
+    assert neutral["PrivateTest"]["ferplus_neutral_predicted_neutral"] > (
+        document["uncalibrated"]["PrivateTest"]["ferplus_neutral_predicted_neutral"])
+
+
+def test_evaluate_with_a_calibration_matches_its_record(calibrated):
+    model, document = calibrated
+    output = run_cli("evaluate", model, "--calibration", "neutral").output
+    recorded = document["calibrations"]["neutral"]["PrivateTest"]
+    assert f"accuracy {recorded['accuracy']:.4f}" in output
+    assert f"predicted neutral {recorded['ferplus_neutral_predicted_neutral']:.1%}" in output
+
+
+def test_calibration_belongs_to_its_model(calibrated, float_tflite_path, tmp_path):
+    model, _ = calibrated
+    with pytest.raises(ModelError, match="not in .*it has: ferplus, neutral"):
+        EmotionClassifier(ClassifierOptions(model, calibration="happy"))
+    other = tmp_path / "model.tflite"
+    other.write_bytes(float_tflite_path.read_bytes())
+    sidecar_path(other).write_text(sidecar_path(model).read_text())
+    with pytest.raises(ModelError, match="fitted for a model with sha256"):
+        EmotionClassifier(ClassifierOptions(other, calibration="ferplus"))
+    with pytest.raises(ModelError, match="no model_float32.calibration.json beside"):
+        EmotionClassifier(ClassifierOptions(float_tflite_path, calibration="ferplus"))

@@ -29,7 +29,8 @@ class Calibration:
     temperature: float = 1.0
 
     def apply(self, probs: np.ndarray) -> np.ndarray:
-        logits = np.log(np.maximum(probs, FLOOR)) / self.temperature + self.bias
+        # float64: the fit's finite differences are lost in float32 rounding.
+        logits = np.log(np.maximum(probs, FLOOR).astype(np.float64)) / self.temperature + self.bias
         logits -= logits.max(axis=-1, keepdims=True)
         e = np.exp(logits)
         return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)

@@ -47,7 +47,7 @@ class ClassifierOptions:
     probabilities (after flip averaging). It changes which class wins, so measure it before use."""
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -68,7 +68,7 @@ class EmotionClassifier:
             from fer_edge.card import shipped_sha256
 
             expected = shipped_sha256()  # the shipped file must be the one its model card describes
-        digest = _sha256(path) if path.is_file() and (expected or options.calibration != calibration.NONE) else None
+        digest = file_sha256(path) if path.is_file() and (expected or options.calibration != calibration.NONE) else None
         if expected and digest and digest != expected.lower():
             raise ModelError(f"{path}: sha256 does not match the expected {expected}")
         self.metadata = metadata.read(path) if path.is_file() else None

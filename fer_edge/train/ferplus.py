@@ -22,6 +22,10 @@ NEUTRAL = CLASS_NAMES.index("neutral")
 NEGATIVE = tuple(CLASS_NAMES.index(name) for name in ("angry", "disgust", "fear", "sad"))
 NEUTRAL_VOTES = 6
 """An image is FER+-neutral when at least this many of its 10 annotators chose neutral."""
+PROTOCOL = (f"FER+ majority labels follow FER+'s own `majority` mode: single votes are dropped, then a class needs "
+            f"more than half of the remaining votes; images without one, or whose majority is contempt, unknown or "
+            f"not-a-face (no FER2013 class), are left out. FER+-neutral: at least {NEUTRAL_VOTES} of 10 votes "
+            f"neutral. Negative: angry, disgust, fear or sad.")
 
 
 def majority_labels(votes: np.ndarray) -> np.ndarray:
