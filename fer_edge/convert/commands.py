@@ -19,8 +19,8 @@ from fer_edge.train.commands import DATA_HELP
 from fer_edge.train.data import SPLITS
 
 
-def default_out(model: Path, int8: bool) -> Path:
-    suffix = "int8" if int8 else "float32"
+def default_out(model: Path, int8: bool, batch: int = 1) -> Path:
+    suffix = ("int8" if int8 else "float32") + (f"_b{batch}" if batch != 1 else "")
     return model / f"model_{suffix}.tflite" if model.is_dir() else model.with_name(f"{model.stem}_{suffix}.tflite")
 
 
@@ -36,9 +36,11 @@ def default_out(model: Path, int8: bool) -> Path:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration draw.")
 @click.option("--name", help="Model name in the embedded card [default: the Keras model's name].")
 @click.option("--model-version", default="1", show_default=True, help="Model version in the embedded card.")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Fixed faces per invoke. 2 runs flip averaging (`--tta flip`) in one invoke.")
 @click.option("--edgetpu", is_flag=True, help="Then compile for the Coral Edge TPU with edgetpu_compiler.")
-def convert(model, int8, out, data_path, calibration, seed, name, model_version, edgetpu):
-    """Convert a run folder or Keras model to .tflite (int8: fixed batch 1, every op int8)."""
+def convert(model, int8, out, data_path, calibration, seed, name, model_version, batch, edgetpu):
+    """Convert a run folder or Keras model to .tflite (int8: fixed batch, every op int8)."""
     from fer_edge.convert import edgetpu as tpu
     from fer_edge.convert.export import export, input_maps_raw_pixels
     from fer_edge.train.source import load_source
@@ -48,11 +50,11 @@ def convert(model, int8, out, data_path, calibration, seed, name, model_version,
         if not int8:
             raise FerEdgeError("--edgetpu: the Edge TPU runs int8 models only; drop --float")
         tpu.require_compiler()  # before a conversion whose result could not be compiled anyway
-    out = atomic.check_writable(out or default_out(Path(model), int8), "--out")  # before minutes of conversion
+    out = atomic.check_writable(out or default_out(Path(model), int8, batch), "--out")  # before minutes of conversion
     source = load_source(model)
     dataset = load_dataset(data_path) if int8 and not source.qat else None
-    result = export(source, out, int8=int8, dataset=dataset,
-                    calibration=calibration, seed=seed, name=name, version=model_version)
+    result = export(source, out, int8=int8, dataset=dataset, calibration=calibration, seed=seed, name=name,
+                    version=model_version, batch=batch)
     report = result.report
     click.echo(f"wrote {result.path} ({result.quantization}, {report.size_bytes / 1024:.1f} KiB, "
                f"{len(report.ops)} ops, {report.macs / 1e6:.1f} M MACs)")

@@ -1,7 +1,9 @@
 """Keras model -> `.tflite`: float32, or full-integer int8 from QAT ranges or post-training calibration.
 
-Every export has a fixed batch of 1: with a dynamic batch the SE block's Reshape becomes
-SHAPE / STRIDED_SLICE / PACK int32 ops, which are neither int8 nor mappable to the Edge TPU.
+Every export has a fixed batch (1 by default): with a dynamic batch the SE block's Reshape becomes
+SHAPE / STRIDED_SLICE / PACK int32 ops, which are neither int8 nor mappable to the Edge TPU. A batch-1
+int8 model cannot be resized at run time either (the Reshape's constant shape no longer fits), so
+flip averaging in one invoke needs its own batch-2 export.
 """
 from __future__ import annotations
 
@@ -28,8 +30,8 @@ def calibration_images(dataset, count: int = DEFAULT_CALIBRATION, seed: int = 0)
     return spec.preprocess_faces(dataset.images[idx])
 
 
-def to_tflite(model, int8: bool, calibration: np.ndarray | None = None) -> bytes:
-    """Convert a tf-keras model with a fixed batch of 1.
+def to_tflite(model, int8: bool, calibration: np.ndarray | None = None, batch: int = 1) -> bytes:
+    """Convert a tf-keras model with a fixed batch of `batch` faces.
 
     `int8=True` gives int8 input and output and int8 kernels throughout. A QAT model brings its
     own ranges; a float model needs `calibration` faces for post-training quantization.
@@ -43,14 +45,16 @@ def to_tflite(model, int8: bool, calibration: np.ndarray | None = None) -> bytes
     if int8 and not qat and (calibration is None or len(calibration) == 0):
         raise FerEdgeError("--calibration: post-training int8 needs calibration images, got none")
     forward = tf.function(lambda image: model(image, training=False),
-                          input_signature=[tf.TensorSpec((1, *spec.INPUT_SHAPE), tf.float32, name="image")])
+                          input_signature=[tf.TensorSpec((batch, *spec.INPUT_SHAPE), tf.float32, name="image")])
     converter = tf.lite.TFLiteConverter.from_concrete_functions([forward.get_concrete_function()], model)
     if int8:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
     if int8 and not qat:
-        converter.representative_dataset = lambda: ([face[None]] for face in calibration)
+        # Whole batches of calibration faces; a short last batch is filled up cyclically by np.resize.
+        converter.representative_dataset = lambda: ([np.resize(calibration[i:i + batch], (batch, *calibration.shape[1:]))]
+                                                    for i in range(0, len(calibration), batch))
         # Fail the conversion, rather than leave a float kernel behind, if an op has no int8 version.
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     return converter.convert()
@@ -66,7 +70,7 @@ class ExportResult:
 
 def export(source: SourceModel, out: str | Path, int8: bool = True, dataset=None,
            calibration: int = DEFAULT_CALIBRATION, seed: int = 0, name: str | None = None,
-           version: str = "1") -> ExportResult:
+           version: str = "1", batch: int = 1) -> ExportResult:
     """Convert `source`, embed the model card and write `out` atomically.
 
     A float source exported as int8 is calibrated on `calibration` Training faces of `dataset`.
@@ -78,7 +82,9 @@ def export(source: SourceModel, out: str | Path, int8: bool = True, dataset=None
         faces = calibration_images(dataset, calibration, seed)
     else:
         faces = None
-    tflite = to_tflite(source.model, int8, faces)
+    if batch < 1:
+        raise FerEdgeError(f"--batch: needs at least 1 face per invoke, got {batch}")
+    tflite = to_tflite(source.model, int8, faces, batch)
     quantization = "float32" if not int8 else "qat-int8" if source.qat else "ptq-int8"
     out = Path(out)
     with atomic.atomic_path(out) as tmp:

@@ -8,11 +8,13 @@ from pathlib import Path
 import numpy as np
 
 from fer_edge import metadata, spec
+from fer_edge.edge_runtime import calibration
 from fer_edge.edge_runtime.errors import ModelError
 from fer_edge.edge_runtime.interpreter import make_interpreter, reading_model
 
 # The model that ships inside the package (added by the release; absent in a source checkout).
 SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "models" / "fer_edge_int8.tflite"
+TTA_MODES = ("none", "flip")
 
 
 @dataclass
@@ -34,8 +36,18 @@ class ClassifierOptions:
     verify_sha256: str | None = None
     """Expected sha256 of the model file (from its model card); a mismatch refuses the model."""
 
+    tta: str = "none"
+    """Test-time augmentation: `none`, or `flip` to average each face's probabilities with those of its
+    mirror image. Flip costs a second pass: one invoke per face on a batch-2 export (`fer-edge convert
+    --batch 2`) or a dynamic-batch model, two invokes on a batch-1 model."""
 
-def _sha256(path: Path) -> str:
+    calibration: str = "none"
+    """`none`, or the name of a calibration that `fer-edge calibrate` stored beside the model in
+    `<model>.calibration.json` (e.g. `ferplus`): a per-class logit bias and a temperature applied to the
+    probabilities (after flip averaging). It changes which class wins, so measure it before use."""
+
+
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -48,13 +60,16 @@ class EmotionClassifier:
 
     def __init__(self, options: ClassifierOptions):
         self.options = options
+        if options.tta not in TTA_MODES:
+            raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, got {options.tta!r}")
         path = Path(options.model_path)
         expected = options.verify_sha256
         if expected is None and path.resolve() == SHIPPED_MODEL:
             from fer_edge.card import shipped_sha256
 
             expected = shipped_sha256()  # the shipped file must be the one its model card describes
-        if expected and path.is_file() and _sha256(path) != expected.lower():
+        digest = file_sha256(path) if path.is_file() and (expected or options.calibration != calibration.NONE) else None
+        if expected and digest and digest != expected.lower():
             raise ModelError(f"{path}: sha256 does not match the expected {expected}")
         self.metadata = metadata.read(path) if path.is_file() else None
         self._check_metadata(path)
@@ -71,6 +86,8 @@ class EmotionClassifier:
             self._batch = int(self._input["shape"][0])
         names = (self.metadata or {}).get("class_names") or spec.CLASS_NAMES
         self.class_names: tuple[str, ...] = tuple(names)
+        self.calibration = None if options.calibration == calibration.NONE else calibration.load(
+            path, options.calibration, digest, spec.NUM_CLASSES)
 
     def _check_metadata(self, path: Path) -> None:
         problems = spec.contract_problems(self.metadata) if self.metadata is not None else []
@@ -110,13 +127,30 @@ class EmotionClassifier:
         self._interpreter.invoke()
         return self._interpreter.get_tensor(self._output["index"])
 
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        """Raw outputs for a whole batch: one invoke on a dynamic-batch model, else chunks of the fixed
+        batch size, the last one padded by repeating its final face."""
+        if self._dynamic_batch:
+            return self._invoke(x).reshape(len(x), -1)
+        size = self._batch
+        outputs = []
+        for start in range(0, len(x), size):
+            chunk = x[start:start + size]
+            if len(chunk) < size:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - len(chunk), axis=0)])
+            outputs.append(self._invoke(chunk).reshape(size, -1))
+        return np.concatenate(outputs)[:len(x)]
+
     def classify(self, faces) -> np.ndarray:
         """Return (N, 7) float32 probabilities for N face crops (gray or BGR, any size)."""
         if len(faces) == 0:
             return np.zeros((0, spec.NUM_CLASSES), np.float32)
         x = self._preprocess(faces)
-        if self._dynamic_batch:
-            raw = self._invoke(x)
-        else:
-            raw = np.concatenate([self._invoke(x[i:i + 1]) for i in range(len(x))])
-        return self._postprocess(raw.reshape(len(x), spec.NUM_CLASSES))
+        n = len(x)
+        if self.options.tta == "flip":
+            # Each face next to its mirror image, so a batch-2 model sees the pair in one invoke.
+            x = np.stack([x, x[:, :, ::-1]], axis=1).reshape(2 * n, *x.shape[1:])
+        probs = self._postprocess(self._run(x))
+        if self.options.tta == "flip":
+            probs = probs.reshape(n, 2, -1).mean(axis=1)
+        return self.calibration.apply(probs) if self.calibration else probs

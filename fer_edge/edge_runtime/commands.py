@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from fer_edge.atomic import atomic_path, check_writable
-from fer_edge.edge_runtime.classifier import SHIPPED_MODEL
+from fer_edge.edge_runtime.classifier import SHIPPED_MODEL, TTA_MODES
 from fer_edge.edge_runtime.detection import DETECTORS
 from fer_edge.edge_runtime.interpreter import DEVICES
 from fer_edge.errors import FerEdgeError
@@ -37,6 +37,12 @@ def runtime_options(command):
         click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
                      help="Run the emotion model on the CPU or a Coral Edge TPU."),
         click.option("--fallback-cpu", is_flag=True, help="Use the CPU, with a warning, if the Edge TPU is unavailable."),
+        click.option("--tta", type=click.Choice(TTA_MODES), default=None,
+                     help="flip: average each face with its mirror image (a second pass; one invoke on a "
+                          "`convert --batch 2` model). Default: none."),
+        click.option("--calibration", default=None, metavar="NAME",
+                     help="Apply a calibration stored beside the model by `fer-edge calibrate` (e.g. ferplus). "
+                          "Default: none."),
         click.option("--detector", type=click.Choice(sorted(DETECTORS)), default="blazeface", show_default=True,
                      help="Face detector."),
         click.option("--detector-model", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
@@ -47,8 +53,8 @@ def runtime_options(command):
     return functools.reduce(lambda cmd, option: option(cmd), reversed(options), command)
 
 
-def build_pipeline(model_path, verify_sha256, threads, device, fallback_cpu, detector, detector_model, detect_width,
-                   detect_every=1, max_frame_pixels=None):
+def build_pipeline(model_path, verify_sha256, threads, device, fallback_cpu, tta, calibration, detector, detector_model,
+                   detect_width, detect_every=1, max_frame_pixels=None):
     """An EmotionPipeline from the command-line options; problems become one-line click errors."""
     from fer_edge.edge_runtime.classifier import ClassifierOptions, EmotionClassifier
     from fer_edge.edge_runtime.detection import create_detector
@@ -58,8 +64,9 @@ def build_pipeline(model_path, verify_sha256, threads, device, fallback_cpu, det
     if model_path is None and not SHIPPED_MODEL.is_file():
         raise click.UsageError(f"no model is shipped at {SHIPPED_MODEL} in this install: pass --model PATH.tflite")
     try:
+        chosen = {key: value for key, value in (("tta", tta), ("calibration", calibration)) if value is not None}
         classifier = EmotionClassifier(ClassifierOptions(model_path or SHIPPED_MODEL, threads, device, fallback_cpu,
-                                                         verify_sha256))
+                                                         verify_sha256, **chosen))
         face_detector = create_detector(detector, detector_model)
     except FerEdgeError as error:
         raise click.ClickException(str(error)) from error

@@ -159,18 +159,59 @@ def _flag(name: str) -> str:
 @click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True,
               help="flip: average each face's probabilities with its mirror image's.")
 @click.option("--limit", type=int, help="Evaluate a stratified subset of this many images.")
-def evaluate(model, data_path, split, out, tta, limit):
+@click.option("--calibration", default="none", show_default=True, metavar="NAME",
+              help="A .tflite's calibration stored beside it by `fer-edge calibrate` (e.g. ferplus, neutral).")
+def evaluate(model, data_path, split, out, tta, limit, calibration):
     """Evaluate a run folder, Keras model or .tflite (float or int8) on a split."""
     from fer_edge.train.data import load_dataset
     from fer_edge.train.evaluate import evaluate_split, summary_line
 
     if out:
         check_writable(out, "--out", folder=True)  # before the model and data load
-    metrics = evaluate_split(model, load_dataset(data_path), split, out_dir=out, tta_flip=tta == "flip", limit=limit)
+    metrics = evaluate_split(model, load_dataset(data_path), split, out_dir=out, tta_flip=tta == "flip", limit=limit,
+                             calibration=calibration)
     click.echo(summary_line(metrics))
     click.echo(" ".join(f"{c} R={m['recall']:.2f}" for c, m in metrics["per_class"].items()))
+    if "ferplus" in metrics:
+        from fer_edge.train.ferplus import summary_line as ferplus_line
+
+        click.echo(ferplus_line(metrics["ferplus"]))
     if out:
         click.echo(f"report: {Path(out) / 'metrics.json'}")
+
+
+@click.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--data", "data_path", type=click.Path(), help=DATA_HELP)
+@click.option("--neutral-target", type=float, default=None,
+              help="Share of FER+-neutral PublicTest faces the `neutral` calibration must put on neutral [0.65].")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write the calibrations [default: <model>.calibration.json beside the model, where "
+                   "the runtime looks for them].")
+def calibrate(model, data_path, neutral_target, out):
+    """Fit output calibrations of a .tflite on the FER+ view of PublicTest; report them on PrivateTest.
+
+    Writes `ferplus` (per-class bias + temperature fitted to FER+ vote shares) and `neutral` (the
+    smallest neutral bias meeting --neutral-target), each with its figures; apply one at run time
+    with `--calibration NAME`.
+    """
+    import shlex
+    import sys
+
+    from fer_edge.train.calibrate import NEUTRAL_TARGET
+    from fer_edge.train.calibrate import calibrate as fit
+    from fer_edge.train.calibrate import table
+    from fer_edge.train.data import load_dataset
+
+    command = "fer-edge calibrate " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    document = fit(model, load_dataset(data_path), command,
+                   NEUTRAL_TARGET if neutral_target is None else neutral_target, out)
+    for name, entry in document["calibrations"].items():
+        click.echo(f"{name}: bias {entry['bias']} temperature {entry['temperature']:g} ({entry['description']})")
+    click.echo(table(document))
+    from fer_edge.edge_runtime.calibration import sidecar_path
+
+    click.echo(f"wrote {out or sidecar_path(model)}")
 
 
 @click.command()

@@ -9,47 +9,57 @@ from fer_edge import atomic
 from fer_edge.errors import FerEdgeError
 from fer_edge.spec import CLASS_NAMES, preprocess_faces
 from fer_edge.train.data import FerDataset
+from fer_edge.train.ferplus import ferplus_metrics
 
 
 class KerasPredictor:
-    def __init__(self, model):
-        self.model = model
+    def __init__(self, model, tta_flip: bool = False):
+        self.model, self.tta_flip = model, tta_flip
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        return self.model.predict(preprocess_faces(images), batch_size=256, verbose=0)
+        x = preprocess_faces(images)
+        probs = self.model.predict(x, batch_size=256, verbose=0)
+        if self.tta_flip:  # the runtime's `--tta flip`: the mean with the mirror image's probabilities
+            probs = (probs + self.model.predict(x[:, :, ::-1], batch_size=256, verbose=0)) / 2
+        return probs
 
 
 class TFLitePredictor:
     """Runs a `.tflite` through the edge runtime's classifier, exactly as a device would."""
 
-    def __init__(self, path: Path, num_threads: int | None = None):
+    def __init__(self, path: Path, num_threads: int | None = None, calibration: str = "none", tta_flip: bool = False):
         from fer_edge.edge_runtime.classifier import ClassifierOptions, EmotionClassifier
 
-        self.classifier = EmotionClassifier(ClassifierOptions(model_path=str(path), num_threads=num_threads))
+        self.classifier = EmotionClassifier(ClassifierOptions(model_path=str(path), num_threads=num_threads,
+                                                              tta="flip" if tta_flip else "none",
+                                                              calibration=calibration))
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return self.classifier.classify(images)
 
 
-def load_predictor(ref):
-    """A predictor from a Keras model object, a run folder (float or QAT), a `.keras`/`.h5` file or a `.tflite`."""
-    if not isinstance(ref, (str, Path)):
-        return KerasPredictor(ref)
-    path = Path(ref)
+def load_predictor(ref, calibration: str = "none", tta_flip: bool = False):
+    """A predictor from a Keras model object, a run folder (float or QAT), a `.keras`/`.h5` file or a `.tflite`.
+
+    `calibration` names one stored beside a `.tflite` by `fer-edge calibrate`; it and `tta_flip` run
+    exactly as the runtime's options do (flip averaging first, then the calibration).
+    """
+    path = Path(ref) if isinstance(ref, (str, Path)) else None
+    if calibration != "none" and (path is None or path.suffix != ".tflite"):
+        raise FerEdgeError(f"--calibration: applies to a .tflite model (the runtime's option), not {ref}")
+    if path is None:
+        return KerasPredictor(ref, tta_flip)
     if path.suffix == ".tflite":
         if not path.exists():
             raise FerEdgeError(f"{path}: no such model file")
-        return TFLitePredictor(path)
+        return TFLitePredictor(path, calibration=calibration, tta_flip=tta_flip)
     from fer_edge.train.source import load_source
 
-    return KerasPredictor(load_source(path).model)
+    return KerasPredictor(load_source(path).model, tta_flip)
 
 
-def predict_probs(predictor, images: np.ndarray, tta_flip: bool = False) -> np.ndarray:
-    probs = predictor(images)
-    if tta_flip:
-        probs = (probs + predictor(np.ascontiguousarray(images[:, :, ::-1]))) / 2
-    return np.asarray(probs, dtype=np.float32)
+def predict_probs(predictor, images: np.ndarray) -> np.ndarray:
+    return np.asarray(predictor(images), dtype=np.float32)
 
 
 def compute_metrics(labels: np.ndarray, probs: np.ndarray, leaked: np.ndarray | None = None) -> dict:
@@ -91,7 +101,7 @@ def write_report(metrics: dict, labels: np.ndarray, probs: np.ndarray, out_dir: 
 
 
 def evaluate_split(model, ds: FerDataset, split: str, out_dir: Path | None = None, tta_flip: bool = False,
-                   limit: int | None = None) -> dict:
+                   limit: int | None = None, calibration: str = "none") -> dict:
     """Metrics of `model` on one split (optionally a stratified subset), with the report files."""
     idx = ds.subset(split, limit) if limit else ds.indices(split)
     if len(idx) == 0:
@@ -100,8 +110,10 @@ def evaluate_split(model, ds: FerDataset, split: str, out_dir: Path | None = Non
     leaked = ds.leaked(split)
     if leaked is not None and limit:
         leaked = leaked[np.searchsorted(ds.indices(split), idx)]
-    probs = predict_probs(load_predictor(model), images, tta_flip)
-    metrics = {"split": split, "tta_flip": tta_flip, **compute_metrics(labels, probs, leaked)}
+    probs = predict_probs(load_predictor(model, calibration, tta_flip), images)
+    metrics = {"split": split, "tta_flip": tta_flip, "calibration": calibration, **compute_metrics(labels, probs, leaked)}
+    if ds.ferplus_votes is not None and ds.ferplus_votes[idx].any():
+        metrics["ferplus"] = ferplus_metrics(ds.ferplus_votes[idx], probs)
     if out_dir is not None:
         write_report(metrics, labels, probs, Path(out_dir), f"{split}")
     return metrics

@@ -29,6 +29,7 @@ FLAGS: tuple[tuple[str, str, dict], ...] = (
     ("--max-fps", "pipeline.max_fps", dict(type=float, help="Process at most this many frames a second (0: no cap).")),
     ("--threads", "model.threads", dict(type=int, help="Interpreter threads.")),
     ("--device", "model.device", dict(help="cpu, edgetpu, edgetpu:usb or edgetpu:pci.")),
+    ("--tta", "model.tta", dict(help="none, or flip: average each face with its mirror image.")),
     ("--jsonl", "output.jsonl", dict(metavar="PATH|-", help="Write face events and summaries as JSON lines.")),
     ("--mqtt-host", "mqtt.host", dict(help="MQTT broker host (credentials and TLS keys: config file or environment).")),
     ("--mqtt-port", "mqtt.port", dict(type=int, help="MQTT broker port.")),

@@ -21,6 +21,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
     import tomli as tomllib
 
+from fer_edge.edge_runtime.classifier import TTA_MODES, ClassifierOptions
 from fer_edge.edge_runtime.detection import DETECTORS
 from fer_edge.edge_runtime.pipeline import PipelineOptions
 from fer_edge.errors import FerEdgeError
@@ -89,6 +90,8 @@ class ModelConfig:
     """Run on the CPU, with a warning, when the Edge TPU cannot be used."""
     sha256: str = ""
     """Expected sha256 of the model file (from its model card); a mismatch refuses to start."""
+    tta: str = field(default=ClassifierOptions.tta, metadata=_one_of(*TTA_MODES))
+    """`flip` averages each face with its mirror image: steadier labels for a second pass per face."""
 
 
 @dataclass
