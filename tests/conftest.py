@@ -2,6 +2,7 @@
 project's own `train` and `convert` verbs really train and convert, once per session."""
 from __future__ import annotations
 
+import tracemalloc  # noqa: F401  (see below)
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,9 @@ from fer_edge.cli import main
 from fer_edge.spec import CLASS_NAMES, INPUT_SIZE
 from fer_edge.train.data import default_data_path
 
+# pytest's unraisable-exception hook imports tracemalloc lazily; when LiteRT's Delegate.__del__
+# fires during that very import (a GC pass), the hook re-enters a half-imported module and fails a
+# random test. Importing it up front removes the race.
 REPO = Path(__file__).resolve().parents[1]
 FER2013 = default_data_path()
 SMALL_MODEL_ARGS = ["--widths", "16,32,32,64", "--blocks", "1,1,1,1", "--lr", "3e-3", "--warmup-epochs", "0",

@@ -32,7 +32,8 @@ def imports_of(path: Path, modules: set[str]) -> set[str]:
                 package = module_name(path).split(".")
                 package = package if path.name == "__init__.py" else package[:-1]
                 base = ".".join(package[:len(package) - node.level + 1] + ([base] if base else []))
-            names = [f"{base}.{alias.name}" for alias in node.names] + [base]
+            # `from pkg import module` imports that module; `from module import name` the module
+            names = [f"{base}.{alias.name}" for alias in node.names]
         else:
             continue
         for name in names:
