@@ -29,16 +29,16 @@ def embed(tflite_bytes: bytes, metadata: dict) -> bytes:
 def read(path: str | Path) -> dict | None:
     """Return the metadata embedded in a model file, or None when it carries none.
 
-    A card that is there but damaged raises FerEdgeError: running a model whose classes and
+    Metadata that is there but damaged raises FerEdgeError: running a model whose classes and
     preprocessing cannot be read would give wrong answers, not an error.
     """
     try:
         with zipfile.ZipFile(path) as zf:
             if METADATA_NAME not in zf.namelist():
                 return None
-            card = json.loads(zf.read(METADATA_NAME))
+            meta = json.loads(zf.read(METADATA_NAME))
     except zipfile.BadZipFile as error:
-        if "not a zip file" in str(error):  # no archive appended: a model without a card
+        if "not a zip file" in str(error):  # no archive appended: a model without metadata
             return None
         raise _damaged(path, error) from None
     # A damaged archive fails while inflating (zlib.error, EOFError), on a bogus compression method
@@ -46,9 +46,9 @@ def read(path: str | Path) -> dict | None:
     # undecodable JSON (ValueError).
     except (zlib.error, EOFError, NotImplementedError, RuntimeError, OSError, ValueError) as error:
         raise _damaged(path, error) from None
-    if not isinstance(card, dict):
+    if not isinstance(meta, dict):
         raise FerEdgeError(f"{path}: its embedded {METADATA_NAME} is not a JSON object")
-    return card
+    return meta
 
 
 def _damaged(path, error: Exception) -> FerEdgeError:

@@ -201,7 +201,7 @@ def test_corrupt_run_folder_given_to_convert(tmp_path):
 
 def mutated_model(seed: int) -> bytes:
     """The shipped model with random bytes changed, or cut short: a quarter each in the whole file,
-    the flatbuffer's tables near its end, the embedded card, and truncation."""
+    the flatbuffer's tables near its end, the embedded metadata, and truncation."""
     rng = np.random.default_rng(seed)
     data = bytearray(SHIPPED_MODEL.read_bytes())
     kind = seed % 4

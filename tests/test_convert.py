@@ -47,12 +47,12 @@ def test_ptq_int8_is_full_integer_with_card(int8_model_path):
     assert report.input.shape == (1, *spec.INPUT_SHAPE)
     # A raw pixel p feeds exactly p - 128: scale 1/255, zero-point -128.
     assert input_maps_raw_pixels(report), report.input
-    card = report.metadata
-    assert card["quantization"] == "ptq-int8"
-    assert card["class_names"] == list(spec.CLASS_NAMES)
-    assert card["input_shape"] == [1, 48, 48, 1]
-    assert card["input"] == {"dtype": "int8", "scale": report.input.scale, "zero_point": -128}
-    assert card["output"]["dtype"] == "int8"
+    meta = report.metadata
+    assert meta["quantization"] == "ptq-int8" and meta["format"] == spec.CONTRACT
+    assert meta["class_names"] == list(spec.CLASS_NAMES)
+    assert meta["input_shape"] == [1, 48, 48, 1]
+    assert meta["input"] == {"dtype": "int8", "scale": report.input.scale, "zero_point": -128}
+    assert meta["output"]["dtype"] == "int8"
     assert card["preprocessing"] == spec.PREPROCESSING
     assert card["calibration"]["images"] == 500 and card["calibration"]["split"] == "Training"
     assert {"name", "version", "source_model"} <= set(card)

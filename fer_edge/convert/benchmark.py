@@ -25,7 +25,7 @@ class Row:
     format: str
     """keras or tflite."""
     quantization: str
-    """float32, qat (a QAT Keras model), ptq-int8, qat-int8, or int8 for a file without a card."""
+    """float32, qat (a QAT Keras model), ptq-int8, qat-int8, or int8 for a file without fer-edge metadata."""
     accuracy: float
     f1_weighted: float
     f1_macro: float

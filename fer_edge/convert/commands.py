@@ -34,8 +34,8 @@ def default_out(model: Path, int8: bool, batch: int = 1) -> Path:
 @click.option("--calibration", type=int, default=DEFAULT_CALIBRATION, show_default=True,
               help="Training faces that calibrate post-training int8 ranges (float models only).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration draw.")
-@click.option("--name", help="Model name in the embedded card [default: the Keras model's name].")
-@click.option("--model-version", default="1", show_default=True, help="Model version in the embedded card.")
+@click.option("--name", help="Model name in the embedded metadata [default: the Keras model's name].")
+@click.option("--model-version", default="1", show_default=True, help="Model version in the embedded metadata.")
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
               help="Fixed faces per invoke. 2 runs flip averaging (`--tta flip`) in one invoke.")
 @click.option("--edgetpu", is_flag=True, help="Then compile for the Coral Edge TPU with edgetpu_compiler.")
@@ -63,7 +63,7 @@ def convert(model, int8, out, data_path, calibration, seed, name, model_version,
     if int8:
         click.echo("input maps a raw pixel p to p - 128 exactly (scale 1/255, zero-point -128)"
                    if input_maps_raw_pixels(report) else
-                   "note: input quantization is not scale 1/255, zero-point -128; feed it through its card")
+                   "note: input quantization is not scale 1/255, zero-point -128; feed it as its metadata says")
     if edgetpu:
         echo_edgetpu_plan(report)
         click.echo(f"wrote {tpu.compile_model(result.path)}")
@@ -111,10 +111,10 @@ def inspect_command(model, require_int8, target, as_json):
             data["edgetpu"] = asdict(plan(report))
         click.echo(json.dumps(data, indent=2, default=str))
     else:
-        card = report.metadata or {}
+        meta = report.metadata or {}
         click.echo(f"{report.path}: {report.size_bytes / 1024:.1f} KiB, {report.macs / 1e6:.2f} M MACs, "
-                   f"{len(report.ops)} ops" + (f", {card.get('name')} v{card.get('version')} "
-                                               f"({card.get('quantization')})" if card else ", no fer-edge card"))
+                   f"{len(report.ops)} ops" + (f", {meta.get('name')} v{meta.get('version')} "
+                                               f"({meta.get('quantization')})" if meta else ", no fer-edge metadata"))
         click.echo(tensor_line("input", report.input))
         click.echo(tensor_line("output", report.output))
         click.echo(f"{'#':>4}  {'op':<22}inputs -> outputs")

@@ -78,8 +78,8 @@ def compile_model(tflite: str | Path, out_dir: str | Path | None = None) -> Path
     if done.returncode != 0:
         raise FerEdgeError(f"{tflite}: edgetpu_compiler failed: {(done.stderr or done.stdout).strip()}")
     compiled = out_dir / f"{tflite.stem}_edgetpu.tflite"
-    card = metadata.read(tflite)
-    if card is not None and metadata.read(compiled) is None:
-        # The compiler rewrites the flatbuffer without our trailing archive; the runtime needs the card.
-        atomic.write_bytes(compiled, metadata.embed(compiled.read_bytes(), {**card, "compiled_for": "edgetpu"}))
+    meta = metadata.read(tflite)
+    if meta is not None and metadata.read(compiled) is None:
+        # The compiler rewrites the flatbuffer without our trailing archive; the runtime needs the metadata.
+        atomic.write_bytes(compiled, metadata.embed(compiled.read_bytes(), {**meta, "compiled_for": "edgetpu"}))
     return compiled

@@ -71,7 +71,7 @@ class ExportResult:
 def export(source: SourceModel, out: str | Path, int8: bool = True, dataset=None,
            calibration: int = DEFAULT_CALIBRATION, seed: int = 0, name: str | None = None,
            version: str = "1", batch: int = 1) -> ExportResult:
-    """Convert `source`, embed the model card and write `out` atomically.
+    """Convert `source`, embed its metadata and write `out` atomically.
 
     A float source exported as int8 is calibrated on `calibration` Training faces of `dataset`.
     Nothing is written unless the conversion succeeds.
@@ -88,19 +88,19 @@ def export(source: SourceModel, out: str | Path, int8: bool = True, dataset=None
     quantization = "float32" if not int8 else "qat-int8" if source.qat else "ptq-int8"
     out = Path(out)
     with atomic.atomic_path(out) as tmp:
-        # The card records the tensors' quantization as the interpreter reads it from the file.
+        # The metadata records the tensors' quantization as the interpreter reads it from the file.
         tmp.write_bytes(tflite)
         report = inspect_model(tmp)
         if int8 and not report.fully_int8:  # verified, not assumed: nothing is written otherwise
             raise FerEdgeError(f"{out}: conversion left non-int8 parts: " + "; ".join(report.int8_problems()))
-        card = model_card(report, quantization, source, name or source.name, version)
+        meta = embedded_metadata(report, quantization, source, name or source.name, version)
         if faces is not None:
-            card["calibration"] = {"split": "Training", "images": int(len(faces)), "seed": seed, "data": dataset.source}
-        tmp.write_bytes(metadata.embed(tflite, card))
-    return ExportResult(out, quantization, inspect_model(out), card)
+            meta["calibration"] = {"split": "Training", "images": int(len(faces)), "seed": seed, "data": dataset.source}
+        tmp.write_bytes(metadata.embed(tflite, meta))
+    return ExportResult(out, quantization, inspect_model(out), meta)
 
 
-def model_card(report: ModelReport, quantization: str, source: SourceModel, name: str, version: str) -> dict:
+def embedded_metadata(report: ModelReport, quantization: str, source: SourceModel, name: str, version: str) -> dict:
     """The metadata the edge runtime reads: classes, tensor quantization, preprocessing, origin."""
     return {
         "name": name,
