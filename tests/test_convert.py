@@ -53,9 +53,9 @@ def test_ptq_int8_is_full_integer_with_card(int8_model_path):
     assert meta["input_shape"] == [1, 48, 48, 1]
     assert meta["input"] == {"dtype": "int8", "scale": report.input.scale, "zero_point": -128}
     assert meta["output"]["dtype"] == "int8"
-    assert card["preprocessing"] == spec.PREPROCESSING
-    assert card["calibration"]["images"] == 500 and card["calibration"]["split"] == "Training"
-    assert {"name", "version", "source_model"} <= set(card)
+    assert meta["preprocessing"] == spec.PREPROCESSING
+    assert meta["calibration"]["images"] == 500 and meta["calibration"]["split"] == "Training"
+    assert {"name", "version", "source_model"} <= set(meta)
     run_cli("inspect", int8_model_path, "--require-int8")
 
 
