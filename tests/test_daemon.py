@@ -18,19 +18,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from fer_edge.edge_runtime import scenes
 from fer_edge.edge_runtime.daemon.capture import FrameGrabber
 from fer_edge.edge_runtime.daemon.config import MqttConfig, resolve
 from fer_edge.edge_runtime.daemon.metrics import DaemonMetrics
 from fer_edge.edge_runtime.daemon.mqtt import MqttPublisher
-from fer_edge.edge_runtime.daemon.service import Daemon, build_pipeline
+from fer_edge.edge_runtime.daemon.service import STOP_BUDGET_S, Daemon, build_pipeline
 from fer_edge.edge_runtime.errors import SourceError
 from fer_edge.spec import CLASS_NAMES
-
-paho = pytest.importorskip("paho.mqtt.client")
-from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 from fer_edge.train.data import default_data_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -400,7 +399,7 @@ def test_unlooped_video_runs_to_its_end_with_jsonl(int8_model_path, video, tmp_p
 @needs_data
 @needs_broker
 def test_daemon_process_stops_on_sigterm(broker, int8_model_path, video, tmp_path):
-    """The real command in a subprocess: events over MQTT, HTTP endpoints, SIGTERM -> exit 0 in 2 s, `offline`."""
+    """The real command in a subprocess: events over MQTT, HTTP endpoints, SIGTERM -> exit 0 within budget, `offline`."""
     path, expected = video
     http_port = free_port()
     config = tmp_path / "daemon.toml"
@@ -432,7 +431,8 @@ def test_daemon_process_stops_on_sigterm(broker, int8_model_path, video, tmp_pat
             stdout, stderr = process.communicate(timeout=10)
             elapsed = time.monotonic() - start
     assert process.returncode == 0, stderr
-    assert elapsed < 2.0, f"took {elapsed:.2f} s to stop"
+    # The daemon's own budget, plus one frame in flight and the interpreter's exit.
+    assert elapsed < STOP_BUDGET_S + 0.5, f"took {elapsed:.2f} s to stop (budget {STOP_BUDGET_S:.1f} s)"
     assert retained_availability(broker.port) == "offline"
     lines = [json.loads(line) for line in stdout.splitlines()]  # stdout carries JSON lines only
     assert [r["type"] for r in lines if r["type"] == "face_appeared"]

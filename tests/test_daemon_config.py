@@ -3,13 +3,13 @@ import os
 import shutil
 import subprocess
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from fer_edge.cli import main
+from fer_edge.edge_runtime.daemon.config import tomllib  # tomli on Python 3.10, as the daemon reads it
 from fer_edge.edge_runtime.daemon.config import ALL_KEYS, ConfigError, DaemonConfig, resolve
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,6 +10,8 @@ from typing import Callable
 from prometheus_client import CONTENT_TYPE_LATEST
 
 log = logging.getLogger(__name__)
+# How often serve_forever looks for a shutdown request: stop() returns within this.
+HTTP_POLL_S = 0.1
 
 
 class StatusServer:
@@ -42,7 +44,7 @@ class StatusServer:
 
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": HTTP_POLL_S},
                                         name="fer-edge-http", daemon=True)
 
     @property

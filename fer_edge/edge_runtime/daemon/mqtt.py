@@ -256,12 +256,13 @@ class MqttPublisher:
     def close(self, timeout: float = 1.0) -> None:
         """Publish `offline` (retained), disconnect, and stop the network thread within `timeout`."""
         self._closing = True
+        deadline = time.monotonic() + timeout  # one budget for both waits below
         with self._lock:
             online = self.connected
             self.connected = False
         if online:
             try:
-                self._send_availability(OFFLINE).wait_for_publish(timeout)
+                self._send_availability(OFFLINE).wait_for_publish(max(deadline - time.monotonic(), 0.0))
             except (RuntimeError, ValueError) as error:  # the connection dropped meanwhile
                 log.warning("MQTT: could not publish offline: %s", error)
         self._client.disconnect()
@@ -269,4 +270,4 @@ class MqttPublisher:
         # broker: bound the wait (the thread is a daemon thread and dies with the process).
         stopper = threading.Thread(target=self._client.loop_stop, daemon=True)
         stopper.start()
-        stopper.join(timeout)
+        stopper.join(max(deadline - time.monotonic(), 0.0))

@@ -11,7 +11,7 @@ from fer_edge import __version__
 from fer_edge.edge_runtime.daemon import discovery
 from fer_edge.edge_runtime.daemon.capture import ENDED, FAILED, LOST, OK, FrameGrabber, check_source
 from fer_edge.edge_runtime.daemon.config import ConfigError, DaemonConfig
-from fer_edge.edge_runtime.daemon.http_server import StatusServer
+from fer_edge.edge_runtime.daemon.http_server import HTTP_POLL_S, StatusServer
 from fer_edge.edge_runtime.daemon.jsonl import JsonLinesWriter
 from fer_edge.edge_runtime.daemon.metrics import DaemonMetrics
 from fer_edge.edge_runtime.daemon.mqtt import MqttPublisher
@@ -23,6 +23,12 @@ log = logging.getLogger(__name__)
 STAGES = ("detect", "preprocess", "classify", "total")
 # How long the loop waits for a frame before it checks for a stop request and periodic output.
 POLL_S = 0.2
+# A stop request (SIGTERM) ends the process within STOP_BUDGET_S plus one frame in flight, by
+# construction: the loop notices it within POLL_S, then each part gets a fixed share and nothing
+# else waits (a capture read stuck in a driver and paho's thread are daemon threads).
+CAPTURE_STOP_S = 0.3
+MQTT_STOP_S = 0.6
+STOP_BUDGET_S = POLL_S + CAPTURE_STOP_S + MQTT_STOP_S + HTTP_POLL_S
 
 
 def model_path(config: DaemonConfig) -> Path:
@@ -217,9 +223,9 @@ class Daemon:
 
     def _shutdown(self) -> None:
         log.info("stopping")
-        self.grabber.stop()
+        self.grabber.stop(CAPTURE_STOP_S)
         if self.mqtt:
-            self.mqtt.close()
+            self.mqtt.close(MQTT_STOP_S)
         if self.http:
             self.http.stop()
         if self.jsonl:
