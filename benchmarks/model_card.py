@@ -11,7 +11,8 @@ the int8 file (`fer-edge calibrate`, fitted on PublicTest); times single-thread 
 targets; writes `model_card.json` (+ Markdown and the int8 confusion matrix) and, with --ship, copies
 both `.tflite` files (those of at most 8 MB) and the int8 file's calibrations into `fer_edge/models/`
 and refreshes the README's results section.
-Exit status 1 if the int8-vs-float budget (--max-acc-drop / --max-f1-drop) is exceeded.
+Exit status 1 if the int8-vs-float budget (--max-acc-drop / --max-f1-drop) is exceeded or a target is
+missed (the card is written either way, and says which).
 """
 from __future__ import annotations
 
@@ -91,6 +92,31 @@ def run_state(run: Path) -> dict:
     return runs.read_state(run)
 
 
+def schedule(cfg: dict, state: dict) -> str:
+    """Epochs as run, with every `--resume --epochs` change of the schedule."""
+    text = f"{state['epoch']} epochs"
+    for ext in cfg.get("extensions", []):
+        text += (f"; after epoch {ext['after_epoch']} the schedule was changed from {ext['from']} to {ext['to']} "
+                 f"epochs (`--resume --epochs {ext['to']}`), re-stretching the cosine decay from that step")
+    return text
+
+
+def edgetpu_map(int8_path: Path) -> dict:
+    """Which ops of the int8 file Coral's compiler would map, by the supported-ops table."""
+    from collections import Counter
+
+    from fer_edge.convert.edgetpu import plan
+    from fer_edge.convert.inspect import inspect_model
+
+    report = inspect_model(int8_path)
+    p = plan(report)
+    return {"ops": len(report.ops), "mapped": p.mapped, "fully_int8": report.fully_int8,
+            "cut_at": None if p.cut_at is None else f"op {p.cut_at.index} {p.cut_at.name}",
+            "op_counts": dict(Counter(op.name for op in report.ops)),
+            "unsupported": sorted({op.name for op in p.unsupported}),
+            "restricted": sorted({op.name for op in p.restricted})}
+
+
 def convert_if_missing(run: Path, int8: bool) -> Path:
     from click.testing import CliRunner
 
@@ -145,11 +171,13 @@ def main(float_run, qat_run, baseline_run, ptq_path, data_path, peer_path, out, 
     face = images[0]
     lat_float, lat_int8 = latency_ms(float_path, face, 300), latency_ms(int8_path, face, 300)
     classify_single, classify_flip = classify_ms(int8_path, face, 300), classify_ms(int8_path, face, 300, "flip")
-    rows += [row("SE-ResNet edge, float (Keras)", m_float),
-             row("SE-ResNet edge, float32 TFLite", m_float_tfl, float_path, lat_float),
-             row("SE-ResNet edge, int8 QAT TFLite (shipped)", m_int8, int8_path, lat_int8)]
+    float_cfg, qat_cfg = runs.config_dict(float_run), runs.config_dict(qat_run)
+    net = f"SE-ResNet {float_cfg['preset']}"
+    rows += [row(f"{net}, float (Keras)", m_float),
+             row(f"{net}, float32 TFLite", m_float_tfl, float_path, lat_float),
+             row(f"{net}, int8 QAT TFLite (shipped)", m_int8, int8_path, lat_int8)]
     if ptq_path:
-        rows.insert(-1, row("SE-ResNet edge, int8 post-training TFLite", evaluate_split(ptq_path, ds, split), ptq_path,
+        rows.insert(-1, row(f"{net}, int8 post-training TFLite", evaluate_split(ptq_path, ds, split), ptq_path,
                             latency_ms(ptq_path, face, 300)))
 
     from fer_edge.train.evaluate import load_predictor, predict_probs
@@ -158,17 +186,22 @@ def main(float_run, qat_run, baseline_run, ptq_path, data_path, peer_path, out, 
                               == predict_probs(load_predictor(int8_path), images).argmax(1)))
     acc_drop = 100 * (m_float["accuracy"] - m_int8["accuracy"])
     f1_drop = m_float["f1_macro"] - m_int8["f1_macro"]
-    float_cfg = runs.config_dict(float_run)
-    qat_cfg = runs.config_dict(qat_run)
+    tpu = edgetpu_map(int8_path)
     peer_acc = rows[1]["accuracy"] if peer_path.is_file() else None
     targets = [
         {"name": "PrivateTest accuracy (int8)", "goal": "≥ 70%", "measured": cards._pct(m_int8["accuracy"]),
          "met": m_int8["accuracy"] >= 0.70},
-        {"name": "macro F1 (int8)", "goal": "≥ 0.66", "measured": f"{m_int8['f1_macro']:.3f}", "met": m_int8["f1_macro"] >= 0.66},
+        {"name": "macro F1 (int8)", "goal": "≥ 0.68", "measured": f"{m_int8['f1_macro']:.3f}", "met": m_int8["f1_macro"] >= 0.68},
+        {"name": "leakage-free PrivateTest accuracy (int8)", "goal": "≥ 68.5%",
+         "measured": cards._pct(m_int8["leakage_free"]["accuracy"]) if "leakage_free" in m_int8 else "–",
+         "met": m_int8.get("leakage_free", {}).get("accuracy", 0) >= 0.685},
         {"name": "int8 vs float accuracy drop", "goal": "≤ 0.3 points", "measured": f"{acc_drop:+.2f} points",
          "met": acc_drop <= 0.3},
         {"name": "int8 vs float macro F1 drop", "goal": "≤ 0.005", "measured": f"{f1_drop:+.4f}", "met": f1_drop <= 0.005},
         {"name": "int8 latency, 1 thread", "goal": "≤ 1 ms", "measured": f"{lat_int8:.2f} ms", "met": lat_int8 <= 1.0},
+        {"name": "every op int8 and on the Edge TPU's supported list", "goal": "all ops",
+         "measured": f"{tpu['mapped']} of {tpu['ops']} ops map" + (f", cut at {tpu['cut_at']}" if tpu["cut_at"] else ""),
+         "met": tpu["fully_int8"] and tpu["cut_at"] is None},
     ]
     if peer_acc is not None:
         targets.append({"name": "beats the `fer` package on PrivateTest", "goal": f"> {cards._pct(peer_acc)}",
@@ -187,17 +220,18 @@ def main(float_run, qat_run, baseline_run, ptq_path, data_path, peer_path, out, 
                                     f"accuracy {cards._pct(best['accuracy'])})",
                         "met": best["neutral_predicted_neutral"] >= 0.65})
     missed = [t["name"] for t in targets if not t["met"]]
-    float_hist = run_state(float_run)["history"][-1]
+    float_hist = run_state(float_run)["history"]
     gap = ("All targets are met." if not missed else
-           f"Missed: {', '.join(missed)}. The float model trained {run_state(float_run)['epoch']} epochs on a 2-core "
-           f"CPU (no GPU); at the end its training accuracy under augmentation was {cards._pct(float_hist['accuracy'])} "
-           f"and PublicTest {cards._pct(float_hist['val_accuracy'])}, flat over the last epochs, so more epochs of the "
-           f"same recipe alone would add little. What would close the gap: more capacity trained longer (the `paper` "
-           f"preset, the deck's 70–71%, needs ~4× the compute per epoch), stronger regularisation for it (random "
-           f"erasing, mixup: `--erasing`, `--mixup`), FER+ soft labels (`ferplus_votes`), and ten-crop test-time "
-           f"averaging; horizontal-flip averaging alone measured {cards._pct(m_int8_flip['accuracy'])} here.")
+           f"Missed: {', '.join(missed)}. The float model trained {schedule(float_cfg, run_state(float_run))} on a "
+           f"2-core CPU (no GPU); in its last epoch its training accuracy under augmentation was "
+           f"{cards._pct(float_hist[-1]['accuracy'])} and PublicTest {cards._pct(float_hist[-1]['val_accuracy'])} "
+           f"(best {cards._pct(max(h['val_accuracy'] for h in float_hist))}, "
+           f"{100 * (float_hist[-1]['val_accuracy'] - float_hist[max(len(float_hist) - 6, 0)]['val_accuracy']):+.1f} "
+           f"points over the last five epochs). The schedule was cut to fit the CPU time of one session; a longer "
+           f"run of the same recipe (`fer-edge train --preset {float_cfg['preset']} --epochs 60 --batch-size "
+           f"{float_cfg['batch_size']} --lr {float_cfg['lr']:g}`) is the first lever.")
     card = {
-        "name": "fer-edge SE-ResNet (edge preset), int8 QAT",
+        "name": f"fer-edge SE-ResNet ({float_cfg['preset']} preset), int8 QAT",
         "version": model_version,
         "command": "python benchmarks/model_card.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "measured_on": f"{datetime.date.today().isoformat()}, {platform.machine()} {platform.processor() or ''}".strip(),
@@ -216,7 +250,8 @@ def main(float_run, qat_run, baseline_run, ptq_path, data_path, peer_path, out, 
                  "report_images": int(len(labels)), "leaked_images": int(leaked.sum()) if leaked is not None else 0},
         "training": {
             "float": {"summary": recipe(float_cfg), "epochs_run": run_state(float_run)["epoch"],
-                      "best_epoch": run_state(float_run)["best_epoch"]},
+                      "best_epoch": run_state(float_run)["best_epoch"], "schedule": schedule(float_cfg, run_state(float_run)),
+                      "extensions": float_cfg.get("extensions", [])},
             "qat": {"summary": f"tfmot, every layer incl. the SE Multiply; Adam lr {qat_cfg['lr']:g}, float32",
                     "epochs_run": run_state(qat_run)["epoch"], "best_epoch": run_state(qat_run)["best_epoch"]},
         },
@@ -231,6 +266,7 @@ def main(float_run, qat_run, baseline_run, ptq_path, data_path, peer_path, out, 
                                "int8_classify_flip": classify_flip},
         "ferplus": {"rows": ferplus_rows, "calibration_file": calibrations.name if names else None,
                     "protocol": ferplus.PROTOCOL} if ferplus_rows else None,
+        "edgetpu": tpu,
         "comparison": rows,
         "targets": targets,
         "gap_note": gap,
@@ -250,6 +286,7 @@ def main(float_run, qat_run, baseline_run, ptq_path, data_path, peer_path, out, 
     print(cards.readme_results(card))
     problems = [t for t in (acc_drop > max_acc_drop and f"accuracy drop {acc_drop:.2f} > --max-acc-drop {max_acc_drop}",
                             f1_drop > max_f1_drop and f"macro F1 drop {f1_drop:.4f} > --max-f1-drop {max_f1_drop}") if t]
+    problems += [f"target missed: {name}" for name in missed]
     if problems:
         raise click.ClickException("; ".join(problems))
 

@@ -81,6 +81,22 @@ def ferplus_section(card: dict) -> str:
 """
 
 
+def edgetpu_section(card: dict) -> str:
+    """The Edge TPU op map of the int8 file (by Coral's supported-ops table), when the card has one."""
+    tpu = card.get("edgetpu")
+    if not tpu:
+        return ""
+    verdict = (f"all {tpu['ops']} ops are int8 and in Coral's supported table, so `edgetpu_compiler` can map the "
+               "whole graph to the Edge TPU" if tpu["cut_at"] is None else
+               f"{tpu['mapped']} of {tpu['ops']} ops would map; the compiler cuts the graph at {tpu['cut_at']} "
+               f"({', '.join(tpu['unsupported'])} is not supported) and runs the rest on the CPU")
+    restricted = (f" Mapped only under conditions: {', '.join(tpu['restricted'])}." if tpu["restricted"] else "")
+    ops = ", ".join(f"{name} ×{n}" for name, n in sorted(tpu["op_counts"].items(), key=lambda item: -item[1]))
+    return f"""
+Edge TPU (`fer-edge inspect --target edgetpu`): {verdict}.{restricted} Ops: {ops}.
+"""
+
+
 def targets_table(card: dict) -> str:
     lines = ["| target | goal | measured | met |", "|---|---|---|---|"]
     for t in card["targets"]:
@@ -149,8 +165,8 @@ PublicTest, reported on PrivateTest ({data['report_images']:,} images). Leakage-
 
 ## Training
 
-Float: {tr['float']['summary']}; {tr['float']['epochs_run']} epochs, best PublicTest accuracy at epoch
-{tr['float']['best_epoch']}. Quantization-aware fine-tuning: {tr['qat']['summary']}; {tr['qat']['epochs_run']}
+Float: {tr['float']['summary']}; {tr['float'].get('schedule', f"{tr['float']['epochs_run']} epochs")}; best
+PublicTest accuracy at epoch {tr['float']['best_epoch']}. Quantization-aware fine-tuning: {tr['qat']['summary']}; {tr['qat']['epochs_run']}
 epochs, best at epoch {tr['qat']['best_epoch']}. Then `fer-edge convert --int8`.
 
 ## Results (PrivateTest)
@@ -166,7 +182,7 @@ int8 vs float: accuracy {card['int8_vs_float']['accuracy_drop_points']:+.2f} poi
 With horizontal-flip test-time averaging the int8 model scores {_pct(card['int8_tta_flip_accuracy'])}{flip_cost(card)}.
 
 ![int8 confusion matrix on PrivateTest](confusion_matrix_int8.png)
-
+{edgetpu_section(card)}
 Targets:
 
 {targets_table(card)}
