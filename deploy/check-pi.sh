@@ -60,8 +60,15 @@ mosquitto_sub -h 127.0.0.1 -p "$port" -t 'fer-edge/pi-check/#' -v -q 1 > "$work/
 sub=$!
 trap 'kill $sub $broker 2>/dev/null; rm -rf "$work"' EXIT
 
+# Emulated TLS handshakes are slow and the registry connection is sometimes reset: give the guest's
+# pip patience (its rootfs exists from the second run on; the guest script below sets it too).
+ROOT=${ROOT:-/var/cache/arm64-pi-emu/rootfs}
+export ROOT
+if [ -d "$ROOT/etc" ]; then printf '[global]\ntimeout = 120\nretries = 10\n' > "$ROOT/etc/pip.conf"; fi
+
 # The guest script: the one install command, then the three verbs.
 PROJECT=$REPO FRESH=1 bash "$EMU" "$(cat <<EOF
+export PIP_DEFAULT_TIMEOUT=120 PIP_RETRIES=10
 set -x
 pip uninstall -q -y fer-edge
 $guest_install

@@ -105,11 +105,13 @@ class FrameGrabber:
         self._thread.join(timeout)
 
     def take(self, after: int, timeout: float) -> tuple[int, np.ndarray] | None:
-        """The newest frame if it is newer than sequence number `after`; None after `timeout` seconds."""
+        """The newest frame if it is newer than sequence number `after` (and not discarded); None after
+        `timeout` seconds."""
         with self._cond:
-            if not self._cond.wait_for(lambda: self._seq > after or self._stopping.is_set(), timeout):
+            if not self._cond.wait_for(lambda: self._seq > max(after, self._taken) or self._stopping.is_set(),
+                                       timeout):
                 return None
-            if self._seq <= after:
+            if self._seq <= max(after, self._taken):
                 return None
             self._taken = self._seq
             self._cond.notify_all()
@@ -117,12 +119,23 @@ class FrameGrabber:
 
     def _set_status(self, state: str, error: str = "") -> None:
         if state != self.status.state or error != self.status.error:
+            if state == LOST:
+                self._discard_pending()
             if state != self.status.state:
                 self.changes.append(SourceStatus(state, error, time.time()))
             self.status = SourceStatus(state, error, time.time())
             self.metrics.source_up.set(1 if state == OK else 0)
             (log.warning if state in (LOST, FAILED) else log.info)("source %s: %s%s", self.config.uri, state,
                                                          f" ({error})" if error else "")
+
+    def _discard_pending(self) -> None:
+        """Drop a frame not yet taken when the source is lost: processed after the loss is reported,
+        it would start tracks that belong to the past (counted as dropped)."""
+        with self._cond:
+            if self._taken < self._seq:
+                self._taken = self._seq
+                self.metrics.frames_dropped.inc()
+                self._cond.notify_all()
 
     def _offer(self, frame: np.ndarray) -> None:
         with self._cond:

@@ -153,10 +153,13 @@ class Daemon:
 
     # --- the loop -------------------------------------------------------------------------------
 
-    def _watch_source(self) -> bool:
-        """Turn the source's state changes into events; True if there were any."""
+    def _watch_source(self, final: bool = False) -> bool:
+        """Turn the source's state changes into events; True if there were any. The end of a file is
+        left for the `final` call, made once its last frame has been processed."""
         changed = False
         while self.grabber.changes:
+            if self.grabber.changes[0].state in (ENDED, FAILED) and not final:
+                break
             status = self.grabber.changes.popleft()
             previous, self._source_state = self._source_state, status.state
             changed = True
@@ -205,7 +208,7 @@ class Daemon:
                     seq, frame = taken
                     changed = self._process(frame) or changed
                 elif self.grabber.status.state in (ENDED, FAILED):
-                    self._watch_source()
+                    self._watch_source(final=True)
                     self._publish_state(changed=True)  # the final, retained state: source ended, no faces
                     break
                 self._publish_state(changed)
