@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from fer_edge.edge_runtime.classifier import SHIPPED_MODEL
-from fer_edge.edge_runtime.detection import DETECTORS
+from fer_edge.edge_runtime.detection import DEFAULT_DETECTOR, DEFAULT_MIN_FACE, DETECTORS
 from fer_edge.edge_runtime.interpreter import DEVICES
 
 SAMPLE_IMAGE = Path(__file__).resolve().parents[1] / "assets" / "astronaut.jpg"
@@ -31,17 +31,17 @@ def runtime_options(command):
         click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
                      help="Run the emotion model on the CPU or a Coral Edge TPU."),
         click.option("--fallback-cpu", is_flag=True, help="Use the CPU, with a warning, if the Edge TPU is unavailable."),
-        click.option("--detector", type=click.Choice(sorted(DETECTORS)), default="blazeface", show_default=True,
-                     help="Face detector."),
+        click.option("--detector", type=click.Choice(sorted(DETECTORS)), default=None,
+                     help=f"Face detector. Default: {DEFAULT_DETECTOR}."),
         click.option("--detector-model", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-                     help="Detector model file. Default: the one installed with its package."),
-        click.option("--detect-width", type=click.IntRange(min=32), default=320, show_default=True,
-                     help="Downscale wider frames to this width for detection."),
+                     help="Detector model file (yunet needs one). Default: the one shipped with fer-edge."),
+        click.option("--min-face", type=click.IntRange(min=8), default=None,
+                     help=f"Smallest face to find, in frame pixels; larger is faster. Default: {DEFAULT_MIN_FACE}."),
     ]
     return functools.reduce(lambda cmd, option: option(cmd), reversed(options), command)
 
 
-def build_pipeline(model_path, verify_sha256, threads, device, fallback_cpu, detector, detector_model, detect_width,
+def build_pipeline(model_path, verify_sha256, threads, device, fallback_cpu, detector, detector_model, min_face,
                    detect_every=1):
     """An EmotionPipeline from the command-line options; problems become one-line click errors."""
     from fer_edge.edge_runtime.classifier import ClassifierOptions, EmotionClassifier
@@ -54,11 +54,13 @@ def build_pipeline(model_path, verify_sha256, threads, device, fallback_cpu, det
     try:
         classifier = EmotionClassifier(ClassifierOptions(model_path or SHIPPED_MODEL, threads, device, fallback_cpu,
                                                          verify_sha256))
-        face_detector = create_detector(detector, detector_model)
+        # Unset options (None) take PipelineOptions' defaults: one home for every default.
+        chosen = {key: value for key, value in dict(detector=detector, detector_model=detector_model,
+                                                     min_face=min_face).items() if value is not None}
+        options = PipelineOptions(**chosen, detect_every=detect_every)
+        face_detector = create_detector(options.detector, options.detector_model, min_face=options.min_face)
     except FerEdgeError as error:
         raise click.ClickException(str(error)) from error
-    options = PipelineOptions(detector=detector, detector_model=detector_model, detect_width=detect_width,
-                              detect_every=detect_every)
     return EmotionPipeline(classifier, face_detector, options)
 
 
