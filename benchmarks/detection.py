@@ -17,7 +17,8 @@ gravel, a rocket, coffee, a cat, a clock, text, a galaxy field, a retina, cells)
     python benchmarks/detection.py --face-range          # the face sizes each BlazeFace resolves
 
 A face counts as found when a detection overlaps its box with IoU >= 0.4 (detectors draw boxes of
-their own proportions: BlazeFace's span brows to mouth, ~0.88 of a FER2013 crop). Targets (exit 1
+their own proportions: BlazeFace's span brows to mouth, ~0.88 of a FER2013 crop), or lies inside
+the pasted crop at >= 0.4 of its side (some FER2013 crops show the face well inside a wider view). Targets (exit 1
 if the default detector misses one, unless --report-only): recall >= 0.95 for faces >= 40 px and
 >= 0.85 for 24-40 px at every resolution; <= 0.05 false detections per face-free image;
 <= 15 ms per 1280x720 frame on one thread (CPU time of the process, median over frames).
@@ -122,19 +123,32 @@ def compose(rng, photos, faces, astronaut, width, height, per_frame=8) -> Frame:
     return Frame(image, np.array([b[:4] for b in boxes], float).reshape(-1, 4))
 
 
+def hits(truth: np.ndarray, found: np.ndarray) -> np.ndarray:
+    """(truth, found) table: does the detection find that face? IoU >= MATCH_IOU, or the detection
+    lies (>= 80%) inside the pasted crop and is >= 0.4 of its side: FER2013 crops are not all tight,
+    some show a face well inside a wider view, and a box on that face has found it."""
+    table = np.zeros((len(truth), len(found)), bool)
+    for t, box in enumerate(truth):
+        x0, y0 = np.maximum(box[0], found[:, 0]), np.maximum(box[1], found[:, 1])
+        x1, y1 = np.minimum(box[2], found[:, 2]), np.minimum(box[3], found[:, 3])
+        inside = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None) / np.prod(found[:, 2:] - found[:, :2], axis=1)
+        ratio = (found[:, 2] - found[:, 0]) / (box[2] - box[0])
+        table[t] = (iou(box, found) >= MATCH_IOU) | ((inside >= 0.8) & (ratio >= 0.4))
+    return table
+
+
 def match(truth: np.ndarray, found: np.ndarray) -> tuple[np.ndarray, int]:
-    """IoU of the detection matched to each true box (0: missed; greedy, best first) and the count
-    of detections left unmatched."""
+    """IoU of the detection matched to each true box (0: missed; greedy, best IoU first, among
+    detections that find it) and the count of detections left unmatched."""
     ious = np.zeros(len(truth))
     free = np.ones(len(found), bool)
-    if len(found):
-        table = np.stack([iou(box, found) for box in truth]) if len(truth) else np.zeros((0, len(found)))
+    if len(found) and len(truth):
+        table = np.stack([iou(box, found) for box in truth])
+        valid = hits(truth, found)
         for flat in np.argsort(-table, axis=None):
             t, f = np.unravel_index(flat, table.shape)
-            if table[t, f] < MATCH_IOU:
-                break
-            if ious[t] == 0 and free[f]:
-                ious[t], free[f] = table[t, f], False
+            if valid[t, f] and ious[t] == 0 and free[f]:
+                ious[t], free[f] = max(table[t, f], 1e-6), False
     return ious, int(free.sum())
 
 
@@ -175,14 +189,14 @@ def face_range(faces, photos, rng) -> None:
         for side in (12, 16, 20, 24, 28, 32, 40, 48, 64, 80, 96, 112, 128):
             if side > size:
                 continue
-            hits = []
+            found_at = []
             for _ in range(60):
                 image = mosaic(rng, photos, size, size)
                 x, y = (int(v) for v in rng.integers(0, size - side + 1, 2))
                 paste(image, faces[rng.integers(len(faces))], x, y, side, feather=0.15)
                 boxes, scores, _ = detector._run(image, Window(0, 0, size, size, 1.0, size, size), detector.model.min_score)
-                hits.append(bool(len(boxes)) and iou(np.array([x, y, x + side, y + side], float), boxes).max() >= MATCH_IOU)
-            cells.append(f"{side}px {np.mean(hits):.2f}")
+                found_at.append(bool(len(boxes)) and iou(np.array([x, y, x + side, y + side], float), boxes).max() >= MATCH_IOU)
+            cells.append(f"{side}px {np.mean(found_at):.2f}")
         click.echo(f"{name} (input {size}, min_score {detector.model.min_score}): " + "  ".join(cells))
 
 
@@ -193,6 +207,8 @@ def face_range(faces, photos, rng) -> None:
               help="Detector(s) to measure. Default: every one that needs no extra file (yunet with --yunet).")
 @click.option("--yunet", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="A YuNet ONNX file: adds the yunet detector.")
+@click.option("--resolution", "resolutions", multiple=True, type=click.Choice([f"{w}x{h}" for w, h in RESOLUTIONS]),
+              help="Frame size(s) to measure. Default: all three.")
 @click.option("--frames", default=20, show_default=True, help="Frames with faces per resolution.")
 @click.option("--empty", "n_empty", default=20, show_default=True, help="Face-free images per resolution.")
 @click.option("--min-face", default=24, show_default=True, help="Smallest face the detectors are set to find (px).")
@@ -201,7 +217,7 @@ def face_range(faces, photos, rng) -> None:
 @click.option("--split", default="PrivateTest", show_default=True, help="FER2013 split the faces come from.")
 @click.option("--face-range", "show_range", is_flag=True, help="Only measure the face sizes each BlazeFace resolves.")
 @click.option("--report-only", is_flag=True, help="Always exit 0, even when a target is missed.")
-def main(data, names, yunet, frames, n_empty, min_face, sweep, split, show_range, report_only):
+def main(data, names, yunet, resolutions, frames, n_empty, min_face, sweep, split, show_range, report_only):
     """Measure face detectors on labelled composed frames and check the default detector's targets."""
     cv2.setNumThreads(1)
     rng = np.random.default_rng(0)
@@ -213,6 +229,8 @@ def main(data, names, yunet, frames, n_empty, min_face, sweep, split, show_range
     thresholds = sorted(float(t) for t in sweep.split(",")) if sweep else []
     sets = {}
     for width, height in RESOLUTIONS:
+        if resolutions and f"{width}x{height}" not in resolutions:
+            continue
         composed = [compose(rng, photos, faces, astronaut, width, height) for _ in range(frames)]
         empties = [mosaic(rng, photos, width, height) for _ in range(n_empty)]
         sides = np.concatenate([f.boxes[:, 2] - f.boxes[:, 0] for f in composed])

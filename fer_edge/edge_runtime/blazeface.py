@@ -56,8 +56,8 @@ class BlazeFaceModel:
     upsamples to fixed sizes, so it is run on fixed 192x192 tiles)."""
 
 
-SHORT_RANGE = BlazeFaceModel("face_detection_short_range.tflite", 128, (8, 16, 16, 16), 1.0, 0.5, 0.7, (32.0, 112.0), True)
-FULL_RANGE = BlazeFaceModel("face_detection_full_range.tflite", 192, (4,), 0.0, 0.6, 0.7, (40.0, 128.0), False)
+SHORT_RANGE = BlazeFaceModel("face_detection_short_range.tflite", 128, (8, 16, 16, 16), 1.0, 0.5, 0.65, (32.0, 112.0), True)
+FULL_RANGE = BlazeFaceModel("face_detection_full_range.tflite", 192, (4,), 0.0, 0.6, 0.6, (40.0, 128.0), False)
 
 
 def ssd_anchors(height: int, width: int, strides: tuple[int, ...], interpolated_scale_aspect_ratio: float) -> np.ndarray:
@@ -181,7 +181,7 @@ class BlazeFaceDetector:
     def detect(self, gray: np.ndarray) -> list[Detection]:
         windows = search_windows(gray.shape[0], gray.shape[1], self.model.input, self.model.face_range,
                                  self.min_face, self.model.resizable)
-        found = [self._run(gray, window, self.model.min_score) for window in windows]
+        found = [self._in_range(*self._run(gray, window, self.model.min_score), window.scale) for window in windows]
         boxes = np.concatenate([f[0] for f in found])
         scores = np.concatenate([f[1] for f in found])
         keypoints = np.concatenate([f[2] for f in found])
@@ -196,19 +196,30 @@ class BlazeFaceDetector:
         verified = [replace(d, score=self._verify(gray, d)) for d in candidates]
         return [d for d in verified if d.score >= self.min_score]
 
+    def _in_range(self, boxes: np.ndarray, scores: np.ndarray, keypoints: np.ndarray, scale: float):
+        """Only the candidates a pyramid level is responsible for: faces whose side in the model's
+        input lies within its face range. A face too large for the input makes the model fire on
+        parts of it (an eye and brow as a small face); the coarser level that sees it whole keeps it."""
+        # BlazeFace boxes span brows to mouth, ~0.88 of the FER2013-style crop the range is measured on.
+        side = np.sqrt(np.clip((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 0, None)) * scale / 0.88
+        lo, hi = self.model.face_range
+        keep = (side >= 0.7 * lo) & (side <= 1.15 * hi)
+        return boxes[keep], scores[keep], keypoints[keep]
+
     def _verify(self, gray: np.ndarray, detection: Detection) -> float:
-        """The model's score for a candidate seen again at its most familiar scale: a square of twice
-        the box side around it, fed at the native input size (the face then spans half the input).
-        Textures that fire at one pyramid level rarely keep a face's score there; faces do."""
+        """The model's score for a candidate seen again at its most familiar scale: a square around
+        it, fed at the native input size, in which the face spans the geometric middle of the face
+        range (~60 of 128 px for short-range). Textures that fire at one pyramid level rarely keep a
+        face's score there; faces do."""
         x, y, w, h = detection.box
-        side = max(2, round(2 * max(w, h)))
+        size = self.model.input
+        side = max(2, round(max(w, h) * size / np.sqrt(self.model.face_range[0] * self.model.face_range[1])))
         x0, y0 = round(x + w / 2 - side / 2), round(y + h / 2 - side / 2)
         # Out-of-frame parts are padded with zeros, as the letterbox of a window is.
         crop = np.zeros((side, side), np.uint8)
         fx0, fy0 = max(0, x0), max(0, y0)
         fx1, fy1 = min(gray.shape[1], x0 + side), min(gray.shape[0], y0 + side)
         crop[fy0 - y0:fy1 - y0, fx0 - x0:fx1 - x0] = gray[fy0:fy1, fx0:fx1]
-        size = self.model.input
         boxes, scores, _ = self._run(crop, Window(0, 0, side, side, size / side, size, size), self.model.min_score)
         centre = np.array([side / 2 - w / 2, side / 2 - h / 2, side / 2 + w / 2, side / 2 + h / 2], np.float32)
         same = iou(centre, boxes) > self.NMS_IOU if len(boxes) else np.zeros(0, bool)

@@ -1,8 +1,10 @@
 """Face detectors behind one small interface: `detect(gray) -> list[Detection]`.
 
-- `blazeface-full` (default): MediaPipe's BlazeFace full-range (faces within ~5 m), tiled over an
-  image pyramid; see `blazeface.py`.
-- `blazeface-short`: BlazeFace short-range (faces within ~2 m: kiosks, selfies), cheaper.
+- `blazeface-short` (default): MediaPipe's BlazeFace short-range, run fully convolutionally over an
+  image pyramid (see `blazeface.py`), so it finds distant faces too. It was chosen on
+  `benchmarks/detection.py`: at every face size it found more faces than full-range, for less CPU.
+- `blazeface-full`: BlazeFace full-range (made for faces within ~5 m in one 192x192 view), tiled
+  over the same pyramid; its graph takes only 192x192 inputs, so tiles make it costly.
 - `haar`: OpenCV's bundled frontal-face Haar cascade (no model file; slow on large frames).
 - `yunet`: OpenCV's `cv2.FaceDetectorYN` with a YuNet ONNX file you give (none ships with fer-edge).
 
@@ -18,7 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
-DEFAULT_DETECTOR = "blazeface-full"
+DEFAULT_DETECTOR = "blazeface-short"
 DEFAULT_MIN_FACE = 24
 """Smallest face, in frame pixels, detectors are set to find unless told otherwise."""
 
