@@ -56,7 +56,7 @@ class BlazeFaceModel:
     upsamples to fixed sizes, so it is run on fixed 192x192 tiles)."""
 
 
-SHORT_RANGE = BlazeFaceModel("face_detection_short_range.tflite", 128, (8, 16, 16, 16), 1.0, 0.5, 0.65, (32.0, 112.0), True)
+SHORT_RANGE = BlazeFaceModel("face_detection_short_range.tflite", 128, (8, 16, 16, 16), 1.0, 0.5, 0.7, (32.0, 112.0), True)
 FULL_RANGE = BlazeFaceModel("face_detection_full_range.tflite", 192, (4,), 0.0, 0.6, 0.6, (40.0, 128.0), False)
 
 
