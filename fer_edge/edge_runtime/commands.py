@@ -56,28 +56,22 @@ def runtime_options(command):
 def build_pipeline(model_path, verify_sha256, threads, device, fallback_cpu, tta, calibration, detector, detector_model,
                    min_face, detect_every=1, max_frame_pixels=None):
     """An EmotionPipeline from the command-line options; problems become one-line click errors."""
-    from fer_edge.edge_runtime.classifier import ClassifierOptions, EmotionClassifier
-    from fer_edge.edge_runtime.detection import create_detector
+    from fer_edge.edge_runtime.classifier import ClassifierOptions, resolve_model
     from fer_edge.edge_runtime.errors import FerEdgeError
     from fer_edge.edge_runtime.pipeline import EmotionPipeline, PipelineOptions
 
-    if model_path is None and not SHIPPED_MODEL.is_file():
-        raise click.UsageError(f"no model is shipped at {SHIPPED_MODEL} in this install: pass --model PATH.tflite")
+    # Unset options (None) take the options dataclasses' defaults: one home for every default; a
+    # --max-frame-pixels of 0 means no cap.
+    given = {key: value for key, value in dict(tta=tta, calibration=calibration).items() if value is not None}
     try:
-        chosen = {key: value for key, value in (("tta", tta), ("calibration", calibration)) if value is not None}
-        classifier = EmotionClassifier(ClassifierOptions(model_path or SHIPPED_MODEL, threads, device, fallback_cpu,
-                                                         verify_sha256, **chosen))
-        # Unset options (None) take PipelineOptions' defaults: one home for every default; a
-        # --max-frame-pixels of 0 means no cap.
-        chosen = {key: value for key, value in dict(detector=detector, detector_model=detector_model,
-                                                     min_face=min_face).items() if value is not None}
+        classifier = ClassifierOptions(resolve_model(model_path), threads, device, fallback_cpu, verify_sha256, **given)
+        given = {key: value for key, value in dict(detector=detector, detector_model=detector_model,
+                                                   min_face=min_face).items() if value is not None}
         if max_frame_pixels is not None:
-            chosen["max_frame_pixels"] = max_frame_pixels or None
-        options = PipelineOptions(**chosen, detect_every=detect_every)
-        face_detector = create_detector(options.detector, options.detector_model, min_face=options.min_face)
-    except FerEdgeError as error:
-        raise click.ClickException(str(error)) from error
-    return EmotionPipeline(classifier, face_detector, options)
+            given["max_frame_pixels"] = max_frame_pixels or None
+        return EmotionPipeline.create(classifier, PipelineOptions(**given, detect_every=detect_every))
+    except FerEdgeError as error:  # the verbs are also invoked outside the `fer-edge` group (tests, scripts)
+        raise click.ClickException(str(error)) from None
 
 
 class AnnotationWriter:

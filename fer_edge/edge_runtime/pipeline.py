@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_edge import spec
-from fer_edge.edge_runtime.classifier import EmotionClassifier
+from fer_edge.edge_runtime.classifier import ClassifierOptions, EmotionClassifier
 from fer_edge.edge_runtime.detection import DEFAULT_DETECTOR, DEFAULT_MIN_FACE, Detection, FaceDetector, create_detector
 
 
@@ -104,6 +104,12 @@ class EmotionPipeline:
                                                     min_face=self.options.min_face)
         self.margin = self.detector.crop_margin if self.options.margin is None else self.options.margin
         self.reset()
+
+    @classmethod
+    def create(cls, classifier: ClassifierOptions, options: PipelineOptions | None = None) -> "EmotionPipeline":
+        """The one builder `predict`, `demo` and the daemon use: the classifier's interpreter and the
+        detector are created once, for the pipeline's lifetime."""
+        return cls(EmotionClassifier(classifier), options=options)
 
     def reset(self) -> None:
         """Forget carried-over boxes, e.g. before a new video."""

@@ -85,9 +85,13 @@ class ModelConfig:
     path: str = ""
     """The int8 `.tflite` model; empty uses the model shipped with fer-edge."""
     threads: int = field(default=2, metadata=_positive())
+    """CPU threads of the emotion model. Unlike `predict` (all cores), an always-on daemon leaves
+    cores to capture, MQTT and HTTP, and to whatever else the device runs."""
     device: str = field(default="cpu", metadata=_one_of("cpu", "edgetpu", "edgetpu:usb", "edgetpu:pci"))
     fallback_cpu: bool = True
-    """Run on the CPU, with a warning, when the Edge TPU cannot be used."""
+    """Run on the CPU, with a warning, when the Edge TPU cannot be used. On by default here and off
+    in `predict`: an unattended camera should keep reporting (and say why it is slower), while a
+    command typed at a terminal should fail loudly."""
     sha256: str = ""
     """Expected sha256 of the model file (from its model card); a mismatch refuses to start."""
     tta: str = field(default=ClassifierOptions.tta, metadata=_one_of(*TTA_MODES))

@@ -6,8 +6,8 @@ import threading
 import time
 from pathlib import Path
 
-from fer_edge.edge_runtime.classifier import SHIPPED_MODEL, ClassifierOptions, EmotionClassifier
 from fer_edge import __version__
+from fer_edge.edge_runtime.classifier import ClassifierOptions, resolve_model
 from fer_edge.edge_runtime.daemon import discovery
 from fer_edge.edge_runtime.daemon.capture import ENDED, FAILED, LOST, OK, FrameGrabber, check_source
 from fer_edge.edge_runtime.daemon.config import ConfigError, DaemonConfig
@@ -16,6 +16,7 @@ from fer_edge.edge_runtime.daemon.jsonl import JsonLinesWriter
 from fer_edge.edge_runtime.daemon.metrics import DaemonMetrics
 from fer_edge.edge_runtime.daemon.mqtt import MqttPublisher
 from fer_edge.edge_runtime.daemon.tracking import EmotionShares, FaceTracker, dominant
+from fer_edge.edge_runtime.errors import ModelError
 from fer_edge.edge_runtime.pipeline import EmotionPipeline, PipelineOptions
 
 log = logging.getLogger(__name__)
@@ -32,22 +33,21 @@ STOP_BUDGET_S = POLL_S + CAPTURE_STOP_S + MQTT_STOP_S + HTTP_POLL_S
 
 
 def model_path(config: DaemonConfig) -> Path:
-    """The configured model, or the one shipped with fer-edge; ConfigError when it is missing."""
-    model = Path(config.model.path) if config.model.path else SHIPPED_MODEL
-    if not model.is_file():
-        raise ConfigError(f"model.path: no model at {model}; pass --model or set model.path")
-    return model
+    """The configured model, or the one shipped with fer-edge; ConfigError naming the key when missing."""
+    try:
+        return resolve_model(config.model.path)
+    except ModelError as error:
+        raise ConfigError(f"model.path: {error} or set model.path") from None
 
 
 def build_pipeline(config: DaemonConfig) -> EmotionPipeline:
     """The classifier and detector, loaded once for the daemon's lifetime."""
-    model = model_path(config)
-    classifier = EmotionClassifier(ClassifierOptions(
-        model, num_threads=config.model.threads, device=config.model.device,
-        fallback_cpu=config.model.fallback_cpu, verify_sha256=config.model.sha256 or None, tta=config.model.tta))
-    options = PipelineOptions(detector=config.pipeline.detector, detector_model=config.pipeline.detector_model or None,
-                              min_face=config.pipeline.min_face, detect_every=config.pipeline.detect_every)
-    return EmotionPipeline(classifier, options=options)
+    return EmotionPipeline.create(
+        ClassifierOptions(model_path(config), num_threads=config.model.threads, device=config.model.device,
+                          fallback_cpu=config.model.fallback_cpu, verify_sha256=config.model.sha256 or None,
+                          tta=config.model.tta),
+        PipelineOptions(detector=config.pipeline.detector, detector_model=config.pipeline.detector_model or None,
+                        min_face=config.pipeline.min_face, detect_every=config.pipeline.detect_every))
 
 
 class Daemon:
