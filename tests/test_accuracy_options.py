@@ -19,7 +19,8 @@ from fer_edge.train import ferplus
 def faces(data_path) -> np.ndarray:
     from fer_edge.train.data import load_dataset
 
-    images, _ = load_dataset(data_path).split("PrivateTest")
+    ds = load_dataset(data_path)
+    images = ds.images[ds.indices("PrivateTest")]
     return images[np.random.default_rng(0).permutation(len(images))[:41]]  # odd: a batch-2 model pads the last
 
 
