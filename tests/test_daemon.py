@@ -462,6 +462,20 @@ def test_a_video_that_cannot_be_read_fails_once_and_exits_1(blank_video, tmp_pat
     assert records[0]["error"] == f"cannot open {blank_video}"
 
 
+def test_frames_above_the_memory_cap_fail_the_source_by_name(blank_video, tmp_path):
+    """`source.max_frame_pixels` is predict's memory cap: a 160x120 video under a 10,000-pixel cap
+    fails once, named, instead of being decoded."""
+    from fer_edge.edge_runtime.classifier import SHIPPED_MODEL
+
+    out = tmp_path / "events.jsonl"
+    config = make_config(SHIPPED_MODEL, blank_video, **{"output.jsonl": str(out), "http.enabled": False,
+                                                       "source.max_frame_pixels": 10_000, "source.loop": False})
+    assert Daemon(config).run() == 1
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["type"] for r in records] == ["source_failed"]
+    assert str(blank_video) in records[0]["error"] and "160x120 frame" in records[0]["error"]
+
+
 def test_an_idle_http_client_is_disconnected(blank_video):
     from fer_edge.edge_runtime.classifier import SHIPPED_MODEL
 

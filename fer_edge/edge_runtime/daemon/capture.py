@@ -77,7 +77,8 @@ class FrameGrabber:
         self.metrics = metrics
         self.live = sources.is_camera(config.uri)
         self._read_frames = read_frames or partial(
-            sources.read_frames, stream_timeouts_s=(config.open_timeout_s, config.read_timeout_s))
+            sources.read_frames, max_pixels=config.max_frame_pixels or None,
+            stream_timeouts_s=(config.open_timeout_s, config.read_timeout_s))
         self._pace = 0.0 if self.live or not config.pace else 1.0 / video_fps(config.uri)
         # An unpaced file is a batch job: wait for the pipeline instead of dropping frames.
         self._wait_for_consumer = not self.live and not config.pace

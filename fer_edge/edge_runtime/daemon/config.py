@@ -76,6 +76,9 @@ class SourceConfig:
     """Streams (rtsp://, http://): give up opening after this long, then retry with back-off."""
     read_timeout_s: float = field(default=5.0, metadata=_positive())
     """Streams: a camera that sends no frame for this long is reported lost and reopened."""
+    max_frame_pixels: int = field(default=PipelineOptions.max_frame_pixels, metadata=_non_negative())
+    """Largest frame accepted (width x height), the memory cap `predict` has too; a larger source
+    fails with a message naming it. 0: no cap."""
 
 
 @dataclass
