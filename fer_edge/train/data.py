@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from fer_edge.edge_runtime.sources import IMAGE_SUFFIXES  # the images predict reads, the images training reads
 from fer_edge.errors import FerEdgeError
 from fer_edge.spec import CLASS_NAMES, INPUT_SIZE, resize_face, to_gray
 
 SPLITS = ("Training", "PublicTest", "PrivateTest")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".tif", ".tiff", ".webp"}
 DEFAULT_NPZ = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "fer2013" / "fer2013.npz"
 _FOLDER_USAGE = {"train": "Training", "training": "Training", "test": "PrivateTest",
                  "val": "PublicTest", "validation": "PublicTest", "publictest": "PublicTest",
