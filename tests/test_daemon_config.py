@@ -225,3 +225,16 @@ def test_service_unit_is_sandboxed():
     level = re.search(r"Overall exposure level for fer-edge.service: ([\d.]+) (\w+)", result.stdout)
     assert level, result.stdout + result.stderr
     assert level.group(2) in ("OK", "SAFE") and float(level.group(1)) < 4.0, level.group(0)
+
+
+def test_check_config_refuses_a_calibration_the_model_does_not_have(files):
+    """`model.calibration` is checked against the model's stored calibrations before the daemon runs."""
+    from fer_edge.edge_runtime.classifier import SHIPPED_MODEL
+
+    _, video = files
+    base = ["daemon", "--source", str(video), "--model", str(SHIPPED_MODEL), "--check-config", "--calibration"]
+    result = CliRunner().invoke(main, [*base, "nonesuch"])
+    assert result.exit_code == 1 and "model.calibration:" in result.output and "nonesuch" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    ok = CliRunner().invoke(main, [*base, "neutral"])
+    assert ok.exit_code == 0 and 'calibration = "neutral"' in ok.output, ok.output

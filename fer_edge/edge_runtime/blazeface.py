@@ -58,6 +58,14 @@ class BlazeFaceModel:
 
 SHORT_RANGE = BlazeFaceModel("face_detection_short_range.tflite", 128, (8, 16, 16, 16), 1.0, 0.5, 0.7, (32.0, 112.0), True)
 FULL_RANGE = BlazeFaceModel("face_detection_full_range.tflite", 192, (4,), 0.0, 0.6, 0.6, (40.0, 128.0), False)
+# BlazeFace boxes span brows to mouth: 0.88 of the side of the FER2013-style crop that face sizes
+# (min_face, the face ranges) are measured in (measured on FER2013 faces pasted into frames).
+BOX_TO_CROP = 0.88
+
+
+def crop_sides(boxes: np.ndarray) -> np.ndarray:
+    """The side of the FER2013-style face crop each (x0, y0, x1, y1) box stands for."""
+    return np.sqrt(np.clip((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 0, None)) / BOX_TO_CROP
 
 
 def ssd_anchors(height: int, width: int, strides: tuple[int, ...], interpolated_scale_aspect_ratio: float) -> np.ndarray:
@@ -185,9 +193,7 @@ class BlazeFaceDetector:
         boxes = np.concatenate([f[0] for f in found])
         scores = np.concatenate([f[1] for f in found])
         keypoints = np.concatenate([f[2] for f in found])
-        side = np.sqrt(np.clip((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 0, None))
-        # BlazeFace boxes span brows to mouth, ~0.88 of a FER2013-style crop: compare that crop's side.
-        keep = side / 0.88 >= self.min_face * 0.75
+        keep = crop_sides(boxes) >= self.min_face * 0.75
         if self.check_keypoints:
             keep &= plausible(boxes, keypoints)
         candidates = weighted_nms(boxes[keep], scores[keep], keypoints[keep], self.NMS_IOU)
@@ -200,8 +206,7 @@ class BlazeFaceDetector:
         """Only the candidates a pyramid level is responsible for: faces whose side in the model's
         input lies within its face range. A face too large for the input makes the model fire on
         parts of it (an eye and brow as a small face); the coarser level that sees it whole keeps it."""
-        # BlazeFace boxes span brows to mouth, ~0.88 of the FER2013-style crop the range is measured on.
-        side = np.sqrt(np.clip((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 0, None)) * scale / 0.88
+        side = crop_sides(boxes) * scale
         lo, hi = self.model.face_range
         keep = (side >= 0.7 * lo) & (side <= 1.15 * hi)
         return boxes[keep], scores[keep], keypoints[keep]
@@ -230,8 +235,8 @@ class BlazeFaceShortDetector(BlazeFaceDetector):
     """BlazeFace short-range (128x128 input; faces within ~2 m of the camera), run fully convolutionally
     on the whole frame at the scale its pyramid needs."""
 
-    # Measured on FER2013 faces pasted into frames: BlazeFace boxes (brows to mouth) are 0.88 of the
-    # face crop's side and centred 0.07 of it too low.
+    # Measured on FER2013 faces pasted into frames: BlazeFace boxes (brows to mouth) are BOX_TO_CROP
+    # of the face crop's side and centred 0.07 of it too low.
     crop_margin, crop_shift = 0.15, -0.07
 
     def __init__(self, model_path: str | Path | None = None, **options):

@@ -17,7 +17,6 @@ SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "models" / "fer_edge_int8.
 TTA_MODES = ("none", "flip")
 
 
-
 def resolve_model(path: str | Path | None) -> Path:
     """The one answer to "which model": `path`, or the model shipped with fer-edge when it is None
     or empty; ModelError when that file is not there."""
@@ -26,6 +25,7 @@ def resolve_model(path: str | Path | None) -> Path:
         raise ModelError(f"no model at {model}" + ("" if path else " (this install ships none)")
                          + ": give a .tflite with --model")
     return model
+
 
 @dataclass
 class ClassifierOptions:

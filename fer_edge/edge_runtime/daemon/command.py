@@ -31,6 +31,7 @@ FLAGS: tuple[tuple[str, str, dict], ...] = (
     ("--threads", "model.threads", dict(type=int, help="Interpreter threads.")),
     ("--device", "model.device", dict(help="cpu, edgetpu, edgetpu:usb or edgetpu:pci.")),
     ("--tta", "model.tta", dict(help="none, or flip: average each face with its mirror image.")),
+    ("--calibration", "model.calibration", dict(help="A calibration stored beside the model by `fer-edge calibrate`.")),
     ("--jsonl", "output.jsonl", dict(metavar="PATH|-", help="Write face events and summaries as JSON lines.")),
     ("--mqtt-host", "mqtt.host", dict(help="MQTT broker host (credentials and TLS keys: config file or environment).")),
     ("--mqtt-port", "mqtt.port", dict(type=int, help="MQTT broker port.")),

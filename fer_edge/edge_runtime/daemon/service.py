@@ -7,7 +7,9 @@ import time
 from pathlib import Path
 
 from fer_edge import __version__
-from fer_edge.edge_runtime.classifier import ClassifierOptions, resolve_model
+from fer_edge.spec import NUM_CLASSES
+from fer_edge.edge_runtime import calibration
+from fer_edge.edge_runtime.classifier import ClassifierOptions, file_sha256, resolve_model
 from fer_edge.edge_runtime.daemon import discovery
 from fer_edge.edge_runtime.daemon.capture import ENDED, FAILED, LOST, OK, FrameGrabber, check_source
 from fer_edge.edge_runtime.daemon.config import ConfigError, DaemonConfig
@@ -33,11 +35,18 @@ STOP_BUDGET_S = POLL_S + CAPTURE_STOP_S + MQTT_STOP_S + HTTP_POLL_S
 
 
 def model_path(config: DaemonConfig) -> Path:
-    """The configured model, or the one shipped with fer-edge; ConfigError naming the key when missing."""
+    """The configured model (or the one shipped with fer-edge) and, when one is named, its stored
+    calibration, checked without loading the model; ConfigError naming the key when missing."""
     try:
-        return resolve_model(config.model.path)
+        model = resolve_model(config.model.path)
     except ModelError as error:
         raise ConfigError(f"model.path: {error} or set model.path") from None
+    if config.model.calibration != calibration.NONE:
+        try:
+            calibration.load(model, config.model.calibration, file_sha256(model), NUM_CLASSES)
+        except ModelError as error:
+            raise ConfigError(f"model.calibration: {error}") from None
+    return model
 
 
 def build_pipeline(config: DaemonConfig) -> EmotionPipeline:
@@ -45,7 +54,7 @@ def build_pipeline(config: DaemonConfig) -> EmotionPipeline:
     return EmotionPipeline.create(
         ClassifierOptions(model_path(config), num_threads=config.model.threads, device=config.model.device,
                           fallback_cpu=config.model.fallback_cpu, verify_sha256=config.model.sha256 or None,
-                          tta=config.model.tta),
+                          tta=config.model.tta, calibration=config.model.calibration),
         PipelineOptions(detector=config.pipeline.detector, detector_model=config.pipeline.detector_model or None,
                         min_face=config.pipeline.min_face, detect_every=config.pipeline.detect_every))
 
