@@ -11,9 +11,9 @@ neither pyramid, tiles nor letterbox is involved: the sample photo resized, and 
 FER2013 faces sized within the model's face range. fer-edge feeds BlazeFace gray frames, so MediaPipe
 gets the same gray pixels as three equal channels (the photo's RGB score is printed beside it).
 
-    /usr/bin/python3 -m venv /work/venvs/mediapipe
-    /work/venvs/mediapipe/bin/pip install mediapipe==0.10.21 'ai-edge-litert==2.3.*' click
-    PYTHONPATH=. /work/venvs/mediapipe/bin/python benchmarks/detection_reference.py
+    /usr/bin/python3 -m venv .venv-mediapipe
+    .venv-mediapipe/bin/pip install mediapipe==0.10.21 'ai-edge-litert==2.3.*' click
+    PYTHONPATH=. .venv-mediapipe/bin/python benchmarks/detection_reference.py
 
 (0.10.21 is the newest release with `mediapipe.solutions`; its OpenCV stands in for fer-edge's.)
 Exit 1 when the detection sets differ, or a matched pair has box IoU < 0.9 or a keypoint further
