@@ -81,12 +81,16 @@ def mosaic(rng: np.random.Generator, photos: list[np.ndarray], width: int, heigh
     return frame
 
 
+def face_mask(fer, split: str) -> np.ndarray:
+    """Which images of the loaded npz are `split` faces: FER+ "not a face" majorities and blank images left out."""
+    votes = fer["ferplus_votes"]
+    rated_a_face = (votes.sum(1) > 0) & (votes[:, -1] * 2 < votes.sum(1))
+    return (fer["usage"] == split) & rated_a_face & (fer["images"].std((1, 2)) > 5)
+
+
 def fer_faces(data: Path, split: str) -> np.ndarray:
     fer = np.load(data)
-    keep = fer["usage"] == split
-    votes = fer["ferplus_votes"]
-    keep &= (votes.sum(1) > 0) & (votes[:, -1] * 2 < votes.sum(1)) & (fer["images"].std((1, 2)) > 5)
-    return fer["images"][keep]
+    return fer["images"][face_mask(fer, split)]
 
 
 def astronaut_patch() -> tuple[np.ndarray, float]:

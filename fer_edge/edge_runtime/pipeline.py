@@ -1,6 +1,7 @@
 """Frame in, faces with emotions out: detect faces, crop them like FER2013, classify them."""
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,13 @@ class PipelineOptions:
     """Smallest face to find, in pixels of the original frame (side of a FER2013-like crop). The
     detector searches each frame at the resolutions that resolve faces this small and no finer:
     a larger value is cheaper. Below ~24 px a face has too few pixels for the 48x48 classifier."""
+
+    align: bool = True
+    """Turn each face upright before it is cropped, by the angle of its eye line (FER2013's faces
+    are upright). Needs a detector that gives eye keypoints (BlazeFace, YuNet); Haar faces are
+    cropped as they are. On by default: on FER2013 faces tilted 30 degrees it lifted accuracy from
+    57% to 70%, on upright ones it changed it by -0.3 points, for ~0.1 ms a face
+    (`benchmarks/upright.py`)."""
 
     max_frame_pixels: int | None = 50_000_000
     """Largest frame accepted, in pixels (width x height); readers skip larger images, videos and
@@ -77,20 +85,49 @@ class FrameResult:
                 "timings_ms": {stage: round(ms, 3) for stage, ms in self.timings_ms.items()}}
 
 
+def _square(box: tuple[int, int, int, int], margin: float, shift: float) -> tuple[int, int, int]:
+    """Top-left corner and side (x0, y0, side) of the square around a box, grown by `margin` of its
+    side, its centre moved down by `shift` of the side; not clamped to any image."""
+    x, y, w, h = box
+    side = max(1, round(max(w, h) * (1 + margin)))
+    return round(x + w / 2 - side / 2), round(y + h / 2 + shift * max(w, h) - side / 2), side
+
+
 def square_crop(box: tuple[int, int, int, int], margin: float, shift: float,
                 shape: tuple[int, ...]) -> tuple[int, int, int, int]:
-    """Square (x0, y0, x1, y1) around a box, grown by `margin` of its side, its centre moved down by
-    `shift` of the side, then moved and clamped into the image.
+    """Square (x0, y0, x1, y1) around a box (see `_square`), moved and clamped into the image.
 
     FER2013 faces are tight square crops; a square keeps the aspect ratio the model was trained on.
     """
-    x, y, w, h = box
+    x0, y0, side = _square(box, margin, shift)
     height, width = shape[:2]
-    side = max(1, round(max(w, h) * (1 + margin)))
-    x0, y0 = round(x + w / 2 - side / 2), round(y + h / 2 + shift * max(w, h) - side / 2)
     # Shift the square inside the image before clamping, so faces at an edge stay square when they can.
     x0, y0 = max(0, min(x0, width - side)), max(0, min(y0, height - side))
     return x0, y0, min(width, x0 + side), min(height, y0 + side)
+
+
+def eye_angle(keypoints: tuple[tuple[float, float], ...]) -> float:
+    """Degrees in [-90, 90) from the horizontal to the line through the first two keypoints (the
+    eyes); positive when the eye on the image's right lies lower. Either eye may come first."""
+    (x0, y0), (x1, y1) = keypoints[:2]
+    return (math.degrees(math.atan2(y1 - y0, x1 - x0)) + 90) % 180 - 90
+
+
+def face_crop(gray: np.ndarray, detection: Detection, margin: float, shift: float, align: bool) -> np.ndarray:
+    """The FER2013-like square crop of a detection (see `square_crop`). With `align` and eye
+    keypoints, the face is first turned upright about its box centre, and the square (its `shift`
+    now along the upright face) is sampled from the rotated frame; only the crop's own pixels are
+    computed, and beyond the frame's edges they repeat its border."""
+    if not align or len(detection.keypoints) < 2:
+        x0, y0, x1, y1 = square_crop(detection.box, margin, shift, gray.shape)
+        return gray[y0:y1, x0:x1]
+    import cv2
+
+    x, y, w, h = detection.box
+    x0, y0, side = _square(detection.box, margin, shift)
+    matrix = cv2.getRotationMatrix2D((x + w / 2, y + h / 2), eye_angle(detection.keypoints), 1.0)
+    matrix[:, 2] -= (x0, y0)  # the square's corner, in the upright frame, to the output's origin
+    return cv2.warpAffine(gray, matrix, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
 class EmotionPipeline:
@@ -127,8 +164,8 @@ class EmotionPipeline:
         detected = time.perf_counter()
         crops = []
         for detection in self._detections:
-            x0, y0, x1, y1 = square_crop(detection.box, self.margin, self.detector.crop_shift, gray.shape)
-            crops.append(spec.resize_face(gray[y0:y1, x0:x1]))
+            crop = face_crop(gray, detection, self.margin, self.detector.crop_shift, self.options.align)
+            crops.append(spec.resize_face(crop))
         cropped = time.perf_counter()
         probabilities = self.classifier.classify(np.stack(crops) if crops else [])
         done = time.perf_counter()

@@ -113,6 +113,8 @@ class PipelineConfig:
     """Model file of the detector; empty uses the one installed with it."""
     min_face: int = field(default=PipelineOptions.min_face, metadata=_positive())
     """Smallest face to find, in frame pixels; the detector searches no finer than that needs (larger: cheaper)."""
+    align: bool = PipelineOptions.align
+    """Turn each face upright by its eye line before cropping (detectors with eye keypoints)."""
     detect_every: int = field(default=3, metadata=_positive())
     """Run the detector on every Nth frame and carry its boxes over in between (saves power)."""
     max_fps: float = field(default=10.0, metadata=_non_negative())

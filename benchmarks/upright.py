@@ -1,0 +1,126 @@
+"""Upright crops: does turning tilted faces upright by their eye line (`PipelineOptions.align`) help?
+
+Faces: FER2013 PrivateTest crops (FER+ "not a face" majorities and blank images left out, as in
+`detection.py`), padded by reflection, upscaled so the face is 120 px, rotated about its centre by
+each angle (border reflected: no black corners), and pasted with a feathered edge at a random place
+on a synthetic 320x240 background (`scenes.background`), one face a frame. Each face keeps its
+background and place at every angle, so the angles differ in the tilt alone. The real
+EmotionPipeline (shipped model, default detector, one thread) runs on every frame with align off
+and on. Per angle: faces found (a detection overlapping the face's upright square with IoU >= 0.4),
+accuracy against the FER2013 labels and agreement with the model's label for the original 48x48
+face (both over the found faces), and ms per face spent cropping (the pipeline's `preprocess`
+stage, wall clock: mean and median).
+
+    python benchmarks/upright.py
+    python benchmarks/upright.py --faces 200 --angles 0,20,45
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import cv2
+import numpy as np
+
+from detection import face_mask
+from fer_edge import spec
+from fer_edge.edge_runtime.classifier import SHIPPED_MODEL, ClassifierOptions, EmotionClassifier
+from fer_edge.edge_runtime.detection import DEFAULT_DETECTOR, create_detector, iou
+from fer_edge.edge_runtime.pipeline import EmotionPipeline, PipelineOptions
+from fer_edge.edge_runtime.scenes import background, paste
+from fer_edge.train.data import default_data_path
+
+WIDTH, HEIGHT = 320, 240
+FACE = 120
+"""Side of the pasted face in frame pixels; the tilted patch around it is 1.5x that."""
+PAD = 12
+"""Pixels of reflected border around each 48x48 face before it is rotated (72 -> 180 px pasted)."""
+MATCH_IOU = 0.4
+
+
+def tilted_frame(face: np.ndarray, angle: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A frame with `face` rotated by `angle` degrees (counter-clockwise) and its upright square (x0, y0, x1, y1)."""
+    padded = cv2.copyMakeBorder(face, PAD, PAD, PAD, PAD, cv2.BORDER_REFLECT_101)
+    outer = round(padded.shape[0] * FACE / face.shape[0])
+    patch = cv2.resize(padded, (outer, outer), interpolation=cv2.INTER_CUBIC)
+    matrix = cv2.getRotationMatrix2D(((outer - 1) / 2, (outer - 1) / 2), angle, 1.0)
+    patch = cv2.warpAffine(patch, matrix, (outer, outer), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    image = background(rng, WIDTH, HEIGHT)
+    x, y = int(rng.integers(0, WIDTH - outer + 1)), int(rng.integers(0, HEIGHT - outer + 1))
+    paste(image, patch, x, y, outer, feather=0.15)  # the ramp stays within the reflected border
+    inset = (outer - FACE) / 2
+    return image, np.array([x + inset, y + inset, x + inset + FACE, y + inset + FACE], float)
+
+
+class DetectOnce:
+    """The real detector, run once per frame however many pipelines ask: both settings crop the same
+    detections, for half the detection time."""
+
+    def __init__(self, detector):
+        self.detector, self.crop_margin, self.crop_shift = detector, detector.crop_margin, detector.crop_shift
+        self._frame, self._found = None, []
+
+    def detect(self, gray: np.ndarray):
+        if gray is not self._frame:
+            self._frame, self._found = gray, self.detector.detect(gray)
+        return self._found
+
+
+def best_match(faces, truth: np.ndarray):
+    """The detected face that overlaps the true square most, if by IoU >= MATCH_IOU."""
+    if not faces:
+        return None
+    boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (f.box for f in faces)], float)
+    overlap = iou(truth, boxes)
+    return faces[int(overlap.argmax())] if overlap.max() >= MATCH_IOU else None
+
+
+@click.command()
+@click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=default_data_path(),
+              show_default=True, help="FER2013 npz.")
+@click.option("--faces", "n_faces", default=600, show_default=True, help="PrivateTest faces, drawn at random.")
+@click.option("--angles", default="0,-15,15,-30,30", show_default=True, help="Comma-separated tilts in degrees.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--min-face", default=64, show_default=True,
+              help="Smallest face the detector searches for (px); the faces are 120 px, so coarse scales suffice.")
+def main(data, n_faces, angles, seed, min_face):
+    """Accuracy on tilted faces with and without upright crops."""
+    cv2.setNumThreads(1)
+    fer = np.load(data)
+    keep = face_mask(fer, "PrivateTest")
+    pick = np.random.default_rng(seed).choice(int(keep.sum()), size=min(n_faces, int(keep.sum())), replace=False)
+    faces, labels = fer["images"][keep][pick], fer["labels"][keep][pick]
+    classifier = EmotionClassifier(ClassifierOptions(SHIPPED_MODEL, num_threads=1))
+    direct = classifier.classify(faces).argmax(1)
+    click.echo(f"{len(faces)} PrivateTest faces; shipped model on the original 48x48 faces: "
+               f"accuracy {np.mean(direct == labels):.3f}")
+    detector = DetectOnce(create_detector(DEFAULT_DETECTOR, min_face=min_face, num_threads=1))
+    pipelines = {align: EmotionPipeline(classifier, detector, PipelineOptions(align=align)) for align in (False, True)}
+    click.echo(f"{'angle':>5} {'found':>7} {'acc off':>7} {'acc on':>7} {'agree off':>9} {'agree on':>8} "
+               f"{'crop ms off (mean/median)':>25} {'crop ms on (mean/median)':>24}")
+    for angle in (float(a) for a in angles.split(",")):
+        found, correct, agree, ms = 0, {False: 0, True: 0}, {False: 0, True: 0}, {False: [], True: []}
+        for index, face in enumerate(faces):
+            image, truth = tilted_frame(face, angle, np.random.default_rng([seed, index]))
+            matched = {}
+            for align, pipeline in pipelines.items():
+                pipeline.reset()
+                result = pipeline.process(image)
+                matched[align] = best_match(result.faces, truth)
+                if result.faces:
+                    ms[align].append(result.timings_ms["preprocess"] / len(result.faces))
+            if matched[False] is None or matched[True] is None:
+                continue
+            found += 1
+            for align, match in matched.items():
+                label = spec.CLASS_NAMES.index(match.label)
+                correct[align] += label == labels[index]
+                agree[align] += label == direct[index]
+        rate = lambda count: count / max(found, 1)  # noqa: E731
+        timing = lambda values: f"{np.mean(values):.3f} / {np.median(values):.3f}"  # noqa: E731
+        click.echo(f"{angle:>5g} {found:>3}/{len(faces):<3} {rate(correct[False]):7.3f} {rate(correct[True]):7.3f} "
+                   f"{rate(agree[False]):9.3f} {rate(agree[True]):8.3f} {timing(ms[False]):>25} {timing(ms[True]):>24}")
+
+
+if __name__ == "__main__":
+    main()
