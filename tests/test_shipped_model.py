@@ -61,3 +61,10 @@ def test_demo_finds_the_astronaut_and_writes_an_image(tmp_path):
 def test_a_tampered_shipped_model_is_refused(tmp_path):
     result = run_cli("predict", str(REPO / "fer_edge" / "assets" / "astronaut.jpg"), "--sha256", "0" * 64, expect=1)
     assert "sha256 does not match" in result.output
+
+
+def test_shipped_int8_maps_every_op_to_the_edge_tpu():
+    """One file for the CPU and the Coral: every op of the shipped model is in the Edge TPU's table."""
+    report = json.loads(run_cli("inspect", SHIPPED_MODEL, "--target", "edgetpu", "--json").output)
+    assert report["edgetpu"]["cut_at"] is None and not report["edgetpu"]["unsupported"]
+    assert report["edgetpu"]["mapped"] == len(report["ops"])
