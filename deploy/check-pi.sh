@@ -72,10 +72,13 @@ grep -q '^flags:.*F' /proc/sys/fs/binfmt_misc/qemu-aarch64 \
   || { echo "check-pi: binfmt qemu-aarch64 lacks the F (fix-binary) flag" >&2; exit 1; }
 
 # ---- the arm64 bookworm userland (one stage: binfmt runs the arm64 maintainer scripts directly)
+# Built beside ROOT and renamed when complete: an interrupted build is never mistaken for a userland.
 if [ ! -x "$ROOT/usr/bin/python3" ]; then
   step "debootstrap arm64 bookworm from $MIRROR -> $ROOT"
+  rm -rf "$ROOT.partial" && mkdir -p "$(dirname "$ROOT")"
   debootstrap --arch=arm64 --variant=minbase --include=python3,python3-venv,ca-certificates \
-    bookworm "$ROOT" "$MIRROR" >/dev/null
+    bookworm "$ROOT.partial" "$MIRROR" >/dev/null
+  rm -rf "$ROOT" && mv "$ROOT.partial" "$ROOT"
 fi
 
 # ---- the wheelhouse: this checkout's committed HEAD as a wheel, and its [edge] dependencies as

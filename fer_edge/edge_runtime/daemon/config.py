@@ -98,10 +98,10 @@ class ModelConfig:
     sha256: str = ""
     """Expected sha256 of the model file (from its model card); a mismatch refuses to start."""
     tta: str = field(default=ClassifierOptions.tta, metadata=_one_of(*TTA_MODES))
+    """`flip` averages each face with its mirror image: steadier labels for a second pass per face."""
     calibration: str = ClassifierOptions.calibration
     """`none`, or a calibration stored beside the model by `fer-edge calibrate` (e.g. `neutral`), as
     `predict --calibration`; checked against the model's sha256 when the daemon starts."""
-    """`flip` averages each face with its mirror image: steadier labels for a second pass per face."""
 
 
 @dataclass
