@@ -182,15 +182,19 @@ def score(frames, empties_found, frames_found, sides, min_score=0.0):
     return recall, float(ious[ious > 0].mean()), false
 
 
-def face_range(faces, photos, rng) -> None:
-    """Recall of each BlazeFace model on one input-sized window, by face side in input pixels."""
+def face_range(faces, photos, rng, names) -> None:
+    """Recall of each pyramid detector on one window at a fixed scale, by face side in input pixels,
+    and how its boxes sit on the pasted FER2013 crops (side ratio, centre shift: `box_to_crop`,
+    `crop_shift`)."""
     from fer_edge.edge_runtime.search import Window
 
-    for name in ("blazeface-short", "blazeface-full"):
+    for name in names:
         detector = create_detector(name, num_threads=1)
-        size = detector.model.input
-        cells = []
-        for side in (12, 16, 20, 24, 28, 32, 40, 48, 64, 80, 96, 112, 128):
+        model = detector.model
+        cells, ratios, shifts = [], [], []
+        for side in (8, 10, 12, 16, 20, 24, 28, 32, 40, 48, 64, 80, 96, 112, 128, 160, 200, 240, 280):
+            # A fixed-size model is measured on its own input; a resizable one on a window twice the face.
+            size = max(model.input, -(-2 * side // model.multiple) * model.multiple) if model.resizable else model.input
             if side > size:
                 continue
             found_at = []
@@ -198,19 +202,28 @@ def face_range(faces, photos, rng) -> None:
                 image = mosaic(rng, photos, size, size)
                 x, y = (int(v) for v in rng.integers(0, size - side + 1, 2))
                 paste(image, faces[rng.integers(len(faces))], x, y, side, feather=0.15)
-                boxes, scores, _ = detector._run(image, Window(0, 0, size, size, 1.0, size, size), detector.model.min_score)
-                found_at.append(bool(len(boxes)) and iou(np.array([x, y, x + side, y + side], float), boxes).max() >= MATCH_IOU)
+                boxes, scores, _ = detector._run(image, Window(0, 0, size, size, 1.0, size, size), model.min_score)
+                truth = np.array([x, y, x + side, y + side], float)
+                overlaps = iou(truth, boxes) if len(boxes) else np.zeros(0)
+                found_at.append(bool(len(boxes)) and overlaps.max() >= MATCH_IOU)
+                if found_at[-1]:
+                    best = boxes[overlaps.argmax()]
+                    ratios.append((np.sqrt((best[2] - best[0]) * (best[3] - best[1])) / side,
+                                   max(best[2] - best[0], best[3] - best[1]) / side))
+                    shifts.append(((best[1] + best[3]) / 2 - (y + side / 2)) / side)
             cells.append(f"{side}px {np.mean(found_at):.2f}")
-        click.echo(f"{name} (input {size}, min_score {detector.model.min_score}): " + "  ".join(cells))
+        click.echo(f"{name} (input {model.input}, min_score {model.min_score}): " + "  ".join(cells))
+        sqrt_side, max_side = np.median(ratios, axis=0)
+        # box_to_crop uses the geometric mean side; the crop margin, the longer side (pipeline._square).
+        click.echo(f"  box side / crop side: median {sqrt_side:.2f} (sqrt(w*h)), {max_side:.2f} (max(w, h)); "
+                   f"box centre below the crop's: median {np.median(shifts):+.3f} of its side")
 
 
 @click.command()
 @click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=default_data_path(),
               show_default=True, help="FER2013 npz.")
 @click.option("--detector", "names", multiple=True, type=click.Choice(sorted(DETECTORS)),
-              help="Detector(s) to measure. Default: every one that needs no extra file (yunet with --yunet).")
-@click.option("--yunet", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="A YuNet ONNX file: adds the yunet detector.")
+              help="Detector(s) to measure. Default: all of them.")
 @click.option("--resolution", "resolutions", multiple=True, type=click.Choice([f"{w}x{h}" for w, h in RESOLUTIONS]),
               help="Frame size(s) to measure. Default: all three.")
 @click.option("--frames", default=20, show_default=True, help="Frames with faces per resolution.")
@@ -219,17 +232,18 @@ def face_range(faces, photos, rng) -> None:
 @click.option("--sweep", default=None, help="Comma-separated score thresholds: also print recall / false "
               "detections at each (detections found once at the lowest; for calibration).")
 @click.option("--split", default="PrivateTest", show_default=True, help="FER2013 split the faces come from.")
-@click.option("--face-range", "show_range", is_flag=True, help="Only measure the face sizes each BlazeFace resolves.")
+@click.option("--face-range", "show_range", is_flag=True, help="Only measure the face sizes each pyramid detector "
+              "(BlazeFace, YuNet; or those given with --detector) resolves, and how its boxes sit on the faces.")
 @click.option("--report-only", is_flag=True, help="Always exit 0, even when a target is missed.")
-def main(data, names, yunet, resolutions, frames, n_empty, min_face, sweep, split, show_range, report_only):
+def main(data, names, resolutions, frames, n_empty, min_face, sweep, split, show_range, report_only):
     """Measure face detectors on labelled composed frames and check the default detector's targets."""
     cv2.setNumThreads(1)
     rng = np.random.default_rng(0)
     photos, faces, astronaut = photographs(), fer_faces(data, split), astronaut_patch()
     if show_range:
-        face_range(faces, photos, rng)
+        face_range(faces, photos, rng, names or ("blazeface-short", "blazeface-full", "yunet"))
         return
-    names = list(names) or [n for n in DETECTORS if n != "yunet"] + (["yunet"] if yunet else [])
+    names = list(names) or list(DETECTORS)
     thresholds = sorted(float(t) for t in sweep.split(",")) if sweep else []
     sets = {}
     for width, height in RESOLUTIONS:
@@ -246,9 +260,9 @@ def main(data, names, yunet, resolutions, frames, n_empty, min_face, sweep, spli
     checks = []
     for name in names:
         options = dict(min_face=min_face, num_threads=1)
-        if thresholds and name.startswith("blazeface"):
+        if thresholds and name != "haar":  # Haar gives no scores
             options["min_score"] = thresholds[0]
-        detector = create_detector(name, yunet if name == "yunet" else None, **options)
+        detector = create_detector(name, **options)
         for (width, height), (composed, empties, sides) in sets.items():
             detector.detect(composed[0].image)  # warm-up
             frames_found, ms = detect_all(detector, [f.image for f in composed] + empties)

@@ -28,7 +28,8 @@ import cv2
 import numpy as np
 
 from detection import ASTRONAUT, fer_faces
-from fer_edge.edge_runtime.blazeface import DETECTOR_ASSETS, BlazeFaceFullDetector, BlazeFaceShortDetector
+from fer_edge.edge_runtime.blazeface import BlazeFaceFullDetector, BlazeFaceShortDetector
+from fer_edge.edge_runtime.pyramid import DETECTOR_ASSETS
 from fer_edge.edge_runtime.detection import iou, weighted_nms
 from fer_edge.edge_runtime.scenes import compose_scene
 from fer_edge.edge_runtime.search import Window

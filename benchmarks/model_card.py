@@ -96,9 +96,13 @@ def run_state(run: Path) -> dict:
 def schedule(cfg: dict, state: dict) -> str:
     """Epochs as run, with every `--resume --epochs` change of the schedule."""
     text = f"{state['epoch']} epochs"
+    lr = {row["epoch"]: row["lr"] for row in state.get("history", [])}
     for ext in cfg.get("extensions", []):
         text += (f"; after epoch {ext['after_epoch']} the schedule was changed from {ext['from']} to {ext['to']} "
                  f"epochs (`--resume --epochs {ext['to']}`), re-stretching the cosine decay from that step")
+        if ext["after_epoch"] in lr and ext["after_epoch"] + 1 in lr:
+            # A longer schedule raises the learning rate again (a warm restart): say how far.
+            text += f" (lr {lr[ext['after_epoch']]:.2g} in epoch {ext['after_epoch']}, {lr[ext['after_epoch'] + 1]:.2g} in the next)"
     return text
 
 

@@ -1,5 +1,5 @@
-"""Face detection: BlazeFace decoding on known boxes, the search pyramid, small faces in large frames,
-face-free photographs, the shipped model files."""
+"""Face detection: BlazeFace and YuNet decoding on known boxes, the search pyramid, small faces in
+large frames, face-free photographs, the shipped model files."""
 from __future__ import annotations
 
 import hashlib
@@ -9,15 +9,18 @@ import cv2
 import numpy as np
 import pytest
 
-from fer_edge.edge_runtime.blazeface import DETECTOR_ASSETS, FULL_RANGE, SHORT_RANGE, ssd_anchors
+from fer_edge.edge_runtime.blazeface import FULL_RANGE, SHORT_RANGE, ssd_anchors
+from fer_edge.edge_runtime.pyramid import DETECTOR_ASSETS
 from fer_edge.edge_runtime.detection import create_detector, iou, weighted_nms
 from fer_edge.edge_runtime.errors import ModelError
 from fer_edge.edge_runtime.interpreter import make_interpreter
 from fer_edge.edge_runtime.scenes import background, paste
 from fer_edge.edge_runtime.search import search_windows
+from fer_edge.edge_runtime.yunet import YUNET
 from fer_edge.edge_runtime.commands import SAMPLE_IMAGE
 
 BLAZEFACE = ["blazeface-short", "blazeface-full"]
+PYRAMID = BLAZEFACE + ["yunet"]  # the detectors that ship a model file and search a pyramid
 # Hand-labelled FER2013-style square (hairline to chin) of the face in the shipped sample photo.
 ASTRONAUT_FACE = np.array([168, 68, 276, 176], float)
 
@@ -34,7 +37,7 @@ def astronaut():
 
 @pytest.fixture(scope="module")
 def detectors():
-    return {name: create_detector(name, num_threads=1) for name in BLAZEFACE}
+    return {name: create_detector(name, num_threads=1) for name in PYRAMID}
 
 
 @pytest.mark.parametrize("model, shape, count", [(SHORT_RANGE, (128, 128), 896), (FULL_RANGE, (192, 192), 2304),
@@ -51,20 +54,21 @@ def test_anchors_match_the_model_outputs(model, shape, count):
     assert tuple(anchors[0]) == (model.strides[0] / 2, model.strides[0] / 2)
 
 
-@pytest.mark.parametrize("name", BLAZEFACE)
+@pytest.mark.parametrize("name", PYRAMID)
 def test_decodes_the_known_face_and_its_keypoints(detectors, astronaut, name):
     found = detectors[name].detect(astronaut)
     assert len(found) == 1
     face = found[0]
     assert iou(ASTRONAUT_FACE, corners(face)[None])[0] >= 0.6
-    (right_eye, left_eye, nose, mouth, *_ears) = np.array(face.keypoints)
+    # BlazeFace: eyes, nose tip, mouth centre, ears; YuNet: eyes, nose tip, mouth corners.
+    (right_eye, left_eye, nose, mouth, *_rest) = np.array(face.keypoints)
     # Eyes left and right of the nose, above it; the mouth below it; all inside the labelled face.
     assert right_eye[0] < nose[0] < left_eye[0] and max(right_eye[1], left_eye[1]) < nose[1] < mouth[1]
     for x, y in (right_eye, left_eye, nose, mouth):
         assert ASTRONAUT_FACE[0] < x < ASTRONAUT_FACE[2] and ASTRONAUT_FACE[1] < y < ASTRONAUT_FACE[3]
 
 
-@pytest.mark.parametrize("name", BLAZEFACE)
+@pytest.mark.parametrize("name", PYRAMID)
 def test_finds_small_faces_in_large_frames(detectors, astronaut, name):
     """The astronaut's face (with its surroundings) pasted at 24-40 px into 1280x720 and 1920x1080
     frames at known places: every one is found, where it was put."""
@@ -88,7 +92,7 @@ def test_finds_small_faces_in_large_frames(detectors, astronaut, name):
         assert len(found) == len(truth)
 
 
-@pytest.mark.parametrize("name", BLAZEFACE + ["haar"])
+@pytest.mark.parametrize("name", PYRAMID + ["haar"])
 def test_no_faces_in_face_free_photographs(detectors, name):
     skimage_data = pytest.importorskip("skimage.data")
     from skimage.util import img_as_ubyte
@@ -128,17 +132,19 @@ def test_weighted_nms_merges_one_face_seen_twice():
     assert merged[0].box == (11, 11, 40, 40)  # score-weighted mean of the two
 
 
-def test_yunet_needs_its_model_file(tmp_path):
-    with pytest.raises(ModelError, match="detector-model"):
-        create_detector("yunet")
+def test_yunet_onnx_and_foreign_files_are_refused_clearly(tmp_path):
+    """An ONNX file goes to OpenCV's FaceDetectorYN; another TFLite file must have YuNet's input."""
     with pytest.raises(ModelError, match="not found"):
         create_detector("yunet", tmp_path / "missing.onnx")
+    with pytest.raises(ModelError, match="YuNet"):
+        create_detector("yunet", DETECTOR_ASSETS / SHORT_RANGE.file)
 
 
 def test_shipped_models_match_their_provenance():
     source = (DETECTOR_ASSETS / "SOURCE.md").read_text()
     recorded = dict(re.findall(r"`(face_detection_\w+\.tflite)`: `([0-9a-f]{64})`", source))
-    assert set(recorded) == {SHORT_RANGE.file, FULL_RANGE.file}
+    assert set(recorded) == {SHORT_RANGE.file, FULL_RANGE.file, YUNET.file}
     for name, digest in recorded.items():
         assert hashlib.sha256((DETECTOR_ASSETS / name).read_bytes()).hexdigest() == digest
     assert "Apache License" in (DETECTOR_ASSETS / "LICENSE-Apache-2.0.txt").read_text()
+    assert "3-clause BSD License" in (DETECTOR_ASSETS / "LICENSE-libfacedetection.txt").read_text()

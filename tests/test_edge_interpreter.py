@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from fer_edge import spec
-from fer_edge.edge_runtime.blazeface import DETECTOR_ASSETS, SHORT_RANGE
+from fer_edge.edge_runtime.blazeface import SHORT_RANGE
+from fer_edge.edge_runtime.pyramid import DETECTOR_ASSETS
 from fer_edge.edge_runtime.errors import EdgeTpuUnavailableError, ModelError
 from fer_edge.edge_runtime.interpreter import make_interpreter
 

@@ -15,7 +15,8 @@ from fer_edge.edge_runtime import (ClassifierOptions, EmotionClassifier, Emotion
                                    create_detector)
 from fer_edge.edge_runtime.classifier import SHIPPED_MODEL
 from fer_edge.edge_runtime.commands import demo, predict
-from fer_edge.edge_runtime.blazeface import DETECTOR_ASSETS, SHORT_RANGE
+from fer_edge.edge_runtime.blazeface import SHORT_RANGE
+from fer_edge.edge_runtime.pyramid import DETECTOR_ASSETS
 from fer_edge.edge_runtime.scenes import background, compose_scene, write_video
 
 ROOT = Path(__file__).resolve().parents[1]

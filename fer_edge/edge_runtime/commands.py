@@ -46,7 +46,7 @@ def runtime_options(command):
         click.option("--detector", type=click.Choice(sorted(DETECTORS)), default=None,
                      help=f"Face detector. Default: {DEFAULT_DETECTOR}."),
         click.option("--detector-model", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-                     help="Detector model file (yunet needs one). Default: the one shipped with fer-edge."),
+                     help="Detector model file (a YuNet .onnx runs in OpenCV). Default: the one shipped with fer-edge."),
         click.option("--min-face", type=click.IntRange(min=8), default=None,
                      help=f"Smallest face to find, in frame pixels; larger is faster. Default: {DEFAULT_MIN_FACE}."),
         click.option("--align/--no-align", default=None,

@@ -1,15 +1,18 @@
 """Face detectors behind one small interface: `detect(gray) -> list[Detection]`.
 
 - `blazeface-short` (default): MediaPipe's BlazeFace short-range, run fully convolutionally over an
-  image pyramid (see `blazeface.py`), so it finds distant faces too. It was chosen on
+  image pyramid (see `pyramid.py`), so it finds distant faces too. It was chosen on
   `benchmarks/detection.py`: at every face size it found more faces than full-range, for less CPU.
 - `blazeface-full`: BlazeFace full-range (made for faces within ~5 m in one 192x192 view), tiled
   over the same pyramid; its graph takes only 192x192 inputs, so tiles make it costly.
+- `yunet`: libfacedetection's YuNet (trained on WIDER FACE), rebuilt as a TFLite file that ships
+  with fer-edge (see `yunet.py`), on the same pyramid: 3-3.6x less CPU than `blazeface-short` on
+  the benchmark, for fewer 24-39 px faces found in frames of 1280x720 and larger. A YuNet ONNX file
+  you give runs in OpenCV's `cv2.FaceDetectorYN` instead.
 - `haar`: OpenCV's bundled frontal-face Haar cascade (no model file; slow on large frames).
-- `yunet`: OpenCV's `cv2.FaceDetectorYN` with a YuNet ONNX file you give (none ships with fer-edge).
 
-Every detector finds faces of `min_face` pixels or more whatever the frame size. The BlazeFace
-models ship inside the package; nothing is downloaded at run time.
+Every detector finds faces of `min_face` pixels or more whatever the frame size. The BlazeFace and
+YuNet models ship inside the package; nothing is downloaded at run time.
 """
 from __future__ import annotations
 
@@ -85,7 +88,7 @@ DETECTORS = {
     "blazeface-full": ("fer_edge.edge_runtime.blazeface", "BlazeFaceFullDetector"),
     "blazeface-short": ("fer_edge.edge_runtime.blazeface", "BlazeFaceShortDetector"),
     "haar": ("fer_edge.edge_runtime.opencv_detectors", "HaarDetector"),
-    "yunet": ("fer_edge.edge_runtime.opencv_detectors", "YuNetDetector"),
+    "yunet": ("fer_edge.edge_runtime.yunet", "create_yunet"),
 }
 
 

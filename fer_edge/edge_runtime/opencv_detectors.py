@@ -1,4 +1,4 @@
-"""Face detectors built into OpenCV: the Haar cascade it bundles, and YuNet from an ONNX file you give."""
+"""OpenCV's Haar cascade face detector (bundled with opencv-python < 5)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -42,42 +42,3 @@ class HaarDetector:
         boxes = self._cascade.detectMultiScale(small, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
                                                minSize=(24, 24))
         return [Detection(tuple(round(v / scale) for v in box), 1.0) for box in boxes]
-
-
-class YuNetDetector:
-    """OpenCV's `cv2.FaceDetectorYN` (YuNet, e.g. `face_detection_yunet_2023mar.onnx` from the
-    opencv_zoo repository, MIT). No registry package ships the file: pass its path."""
-
-    # YuNet boxes span forehead to chin, close to a FER2013 crop.
-    crop_margin, crop_shift = 0.0, 0.0
-    SMALLEST = 10
-    """Smallest face side, in its input pixels, YuNet's finest anchors (stride 8) are made for."""
-
-    def __init__(self, model_path: str | Path | None = None, min_face: int = DEFAULT_MIN_FACE, min_score: float = 0.8,
-                 num_threads: int | None = None):
-        import cv2
-
-        if model_path is None:
-            raise ModelError("the yunet detector needs its ONNX file: pass --detector-model PATH.onnx")
-        if not Path(model_path).is_file():
-            raise ModelError(f"YuNet model not found: {model_path}")
-        try:
-            self._net = cv2.FaceDetectorYN.create(str(model_path), "", (320, 320), min_score, 0.3, 5000)
-        except cv2.error as error:
-            raise ModelError(f"cannot load YuNet model {model_path}: {str(error).strip().splitlines()[-1]}") from error
-        self.min_face = min_face
-
-    def detect(self, gray: np.ndarray) -> list[Detection]:
-        import cv2
-
-        # YuNet is fully convolutional: one pass over the frame scaled so min_face becomes SMALLEST px.
-        scale = min(1.0, self.SMALLEST / self.min_face)
-        small = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else gray
-        self._net.setInputSize((small.shape[1], small.shape[0]))
-        _, faces = self._net.detect(cv2.cvtColor(small, cv2.COLOR_GRAY2BGR))
-        detections = []
-        for face in faces if faces is not None else []:
-            x, y, w, h = (float(v) / scale for v in face[:4])
-            points = tuple((float(face[4 + 2 * i]) / scale, float(face[5 + 2 * i]) / scale) for i in range(5))
-            detections.append(Detection((round(x), round(y), round(w), round(h)), float(face[14]), points))
-        return detections

@@ -1,0 +1,125 @@
+"""YuNet (libfacedetection's face detector), shipped as a TFLite file and run with LiteRT.
+
+`face_detection_yunet.tflite` is libfacedetection's published YuNet weights rebuilt as a TFLite
+graph by `fer_edge/convert/yunet.py` (BSD-3-Clause, see `fer_edge/assets/detectors/SOURCE.md`).
+YuNet was trained on WIDER FACE, crowds of small faces included: it resolves faces from ~10 px of
+its input, which lets a frame be searched at half its size or less where BlazeFace short-range
+needs it enlarged. It decodes as libfacedetection's `facedetectcnn-model.cpp`: anchor-free, one
+prior per cell of strides 8, 16 and 32 at the cell's corner; score = sqrt(sigmoid(class) *
+sigmoid(objectness)); box centre = prior + offset * stride, side = exp(log size) * stride; five
+keypoints (eyes, nose tip, mouth corners) = prior + offset * stride. The image is fed as raw 0-255
+gray values, zero-padded to a multiple of 32.
+
+A YuNet ONNX file (e.g. opencv_zoo's `face_detection_yunet_2023mar.onnx`) given with
+`--detector-model` runs in OpenCV's `cv2.FaceDetectorYN` instead (`OpenCVYuNetDetector`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fer_edge.edge_runtime.detection import DEFAULT_MIN_FACE, Detection
+from fer_edge.edge_runtime.errors import ModelError
+from fer_edge.edge_runtime.pyramid import PyramidDetector, PyramidModel, Runner
+
+STRIDES = (8, 16, 32)
+# libfacedetection's own candidate threshold is 0.2 (facedetectcnn-model.cpp); the face range and
+# box proportion are measured on FER2013 faces pasted into frames (benchmarks/detection.py).
+YUNET = PyramidModel("face_detection_yunet.tflite", 160, 0.2, 0.7, (32.0, 280.0), True, 0.92, multiple=32)
+
+
+class YuNetDetector(PyramidDetector):
+    """YuNet on the whole frame at the scale `min_face` needs (and coarser levels for faces larger
+    than its range), with implausible boxes rejected and a second look at each face."""
+
+    # Measured on FER2013 faces pasted into frames (benchmarks/detection.py --face-range): the longer
+    # side of a YuNet box (forehead to chin) is 1.02 of the face crop's, centred 0.007 of it too low.
+    crop_margin, crop_shift = 0.0, 0.0
+
+    def __init__(self, model_path: str | Path | None = None, **options):
+        super().__init__(YUNET, model_path, **options)
+
+    def _check_input(self, shape) -> None:
+        if int(shape[-1]) != 1:
+            raise ModelError(f"{self._path} takes {int(shape[-1])}-channel input, not the gray input of "
+                             f"{self.model.file} (a YuNet ONNX file needs the .onnx suffix)")
+
+    def _runner_for(self, interpreter, index: int, shape: tuple[int, int]) -> Runner:
+        outputs = interpreter.get_output_details()
+        if len(outputs) != len(STRIDES) or any(int(d["shape"][-1]) != 16 for d in outputs):
+            raise ModelError(f"{self._path} does not have YuNet's outputs: 3 maps of 16 channels")
+        priors = []
+        for stride in STRIDES:
+            ys, xs = np.mgrid[0:shape[0] // stride, 0:shape[1] // stride]
+            priors.append((np.stack([xs, ys], -1).reshape(-1, 2) * stride).astype(np.float32))
+        return Runner(interpreter, index, [d["index"] for d in outputs], priors)
+
+    def _tensor(self, small: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        tensor = np.zeros((1, *shape, 1), np.float32)
+        tensor[0, :small.shape[0], :small.shape[1], 0] = small
+        return tensor
+
+    def _decode(self, runner: Runner, min_score: float):
+        boxes, scores, keypoints = [], [], []
+        # Finest map (stride 8) first: a dynamic-shape graph reports output shapes only once run.
+        maps = sorted((runner.interpreter.get_tensor(i) for i in runner.outputs), key=lambda m: -m.size)
+        for raw, priors, stride in zip(maps, runner.grid, STRIDES):
+            raw = raw.reshape(-1, 16)
+            logits = np.clip(raw[:, :2], -88.0, 88.0)
+            score = np.sqrt(1.0 / (1.0 + np.exp(-logits[:, 0])) / (1.0 + np.exp(-logits[:, 1])))
+            keep = score >= min_score
+            raw, prior = raw[keep], priors[keep]
+            centre, side = prior + raw[:, 2:4] * stride, np.exp(np.clip(raw[:, 4:6], -10, 10)) * stride
+            boxes.append(np.concatenate([centre - side / 2, centre + side / 2], axis=1))
+            scores.append(score[keep])
+            keypoints.append(prior[:, None, :] + raw[:, 6:16].reshape(-1, 5, 2) * stride)
+        return np.concatenate(boxes), np.concatenate(scores), np.concatenate(keypoints)
+
+    def _landmarks(self, keypoints: np.ndarray) -> np.ndarray:
+        # Eyes, nose tip, and the mouth's centre between its two corners.
+        return np.concatenate([keypoints[:, :3], keypoints[:, 3:5].mean(1, keepdims=True)], axis=1)
+
+
+class OpenCVYuNetDetector:
+    """OpenCV's `cv2.FaceDetectorYN` on a YuNet ONNX file you give (e.g. opencv_zoo's
+    `face_detection_yunet_2023mar.onnx`, MIT)."""
+
+    # YuNet boxes span forehead to chin, close to a FER2013 crop.
+    crop_margin, crop_shift = 0.0, 0.0
+    SMALLEST = 10
+    """Smallest face side, in its input pixels, YuNet's finest anchors (stride 8) are made for."""
+
+    def __init__(self, model_path: str | Path, min_face: int = DEFAULT_MIN_FACE, min_score: float = 0.8,
+                 num_threads: int | None = None):
+        import cv2
+
+        if not Path(model_path).is_file():
+            raise ModelError(f"YuNet model not found: {model_path}")
+        try:
+            self._net = cv2.FaceDetectorYN.create(str(model_path), "", (320, 320), min_score, 0.3, 5000)
+        except cv2.error as error:
+            raise ModelError(f"cannot load YuNet model {model_path}: {str(error).strip().splitlines()[-1]}") from error
+        self.min_face = min_face
+
+    def detect(self, gray: np.ndarray) -> list[Detection]:
+        import cv2
+
+        # YuNet is fully convolutional: one pass over the frame scaled so min_face becomes SMALLEST px.
+        scale = min(1.0, self.SMALLEST / self.min_face)
+        small = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else gray
+        self._net.setInputSize((small.shape[1], small.shape[0]))
+        _, faces = self._net.detect(cv2.cvtColor(small, cv2.COLOR_GRAY2BGR))
+        detections = []
+        for face in faces if faces is not None else []:
+            x, y, w, h = (float(v) / scale for v in face[:4])
+            points = tuple((float(face[4 + 2 * i]) / scale, float(face[5 + 2 * i]) / scale) for i in range(5))
+            detections.append(Detection((round(x), round(y), round(w), round(h)), float(face[14]), points))
+        return detections
+
+
+def create_yunet(model_path: str | Path | None = None, **options):
+    """YuNet: the shipped TFLite file (or a TFLite file you give) with LiteRT, or an ONNX file with OpenCV."""
+    if model_path is not None and Path(model_path).suffix.lower() == ".onnx":
+        return OpenCVYuNetDetector(model_path, **options)
+    return YuNetDetector(model_path, **options)
