@@ -147,14 +147,13 @@ class BlazeFaceDetector:
         # One interpreter per input shape: re-allocating tensors on every shape change costs more
         # than the inference (a frame's pyramid levels all have different shapes).
         self._runners: dict[tuple[int, int], _Runner] = {}
-        native = self._runner((model.input, model.input))
-        shape = tuple(native.interpreter.get_input_details()[0]["shape"][1:])
-        if shape != (model.input, model.input, 3):
-            raise ModelError(f"{path} takes input {shape}, not the ({model.input}, {model.input}, 3) of {model.file}")
+        self._runner((model.input, model.input))
 
     def _runner(self, shape: tuple[int, int]) -> _Runner:
         if shape not in self._runners:
             interpreter = make_interpreter(self._path, self._threads)
+            if not self._runners:  # the first, at the model's own size: is it this BlazeFace at all?
+                self._check_signature(interpreter)
             index = interpreter.get_input_details()[0]["index"]
             if shape != (self.model.input, self.model.input):
                 interpreter.resize_tensor_input(index, [1, *shape, 3])
@@ -163,6 +162,14 @@ class BlazeFaceDetector:
             anchors = ssd_anchors(*shape, self.model.strides, self.model.interpolated_scale_aspect_ratio)
             self._runners[shape] = _Runner(interpreter, index, outputs[0]["index"], outputs[1]["index"], anchors)
         return self._runners[shape]
+
+    def _check_signature(self, interpreter) -> None:
+        inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
+        shape = tuple(int(d) for d in inputs[0]["shape"][1:]) if inputs else ()
+        expected = (self.model.input, self.model.input, 3)
+        if len(inputs) != 1 or shape != expected or len(outputs) != 2:
+            raise ModelError(f"{self._path} takes input {shape} and gives {len(outputs)} output(s), not the {expected} "
+                             f"input and 2 outputs (boxes, scores) of {self.model.file}")
 
     def _run(self, gray: np.ndarray, window: Window, min_score: float):
         """Candidates (boxes, scores, keypoints) in frame pixels from one window of the frame."""
