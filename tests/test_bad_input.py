@@ -7,6 +7,7 @@ TensorFlow are kept to the few rows that need it (a run folder), the rest stay c
 """
 from __future__ import annotations
 
+import ctypes.util
 import os
 import signal
 import struct
@@ -108,11 +109,20 @@ CASES = {
     "csv-random": lambda t: (["data", "inspect", random_bytes(t / "r.csv")], "r.csv"),
     "csv-bad-row": lambda t: (["data", "inspect", _write(t / "b.csv", b"emotion,pixels,Usage\n9,1 2 3,Training\n")], "row 2"),
     "data-missing": lambda t: (["data", "inspect", t / "nope.npz"], "nope.npz"),
+    "npz-ferplus-votes-wrong-shape": lambda t: (["data", "inspect", _extra(npz(t / "v.npz"), ferplus_votes=np.ones((3, 7), int))],
+                                                "v.npz: ferplus_votes must be integers of shape (3, 10)"),
+    "npz-ferplus-votes-negative": lambda t: (["data", "inspect", _extra(npz(t / "v.npz"), ferplus_votes=-np.ones((3, 10), int))],
+                                             "ferplus_votes must be vote counts >= 0"),
+    "npz-dup-group-short": lambda t: (["data", "inspect", _extra(npz(t / "d.npz"), dup_group=np.arange(2))],
+                                      "d.npz: dup_group must be integers of shape (3,)"),
+    "npz-dup-group-float": lambda t: (["data", "inspect", _extra(npz(t / "d.npz"), dup_group=np.zeros(3))],
+                                      "dup_group must be integers"),
     # inspect: the model loader
     "tflite-empty": lambda t: (["inspect", random_bytes(t / "e.tflite", 0)], "e.tflite"),
     "tflite-random": lambda t: (["inspect", random_bytes(t / "r.tflite")], "r.tflite"),
     "tflite-truncated": lambda t: (["inspect", truncated(SHIPPED_MODEL, t / "t.tflite", 0.3)], "t.tflite"),
     "tflite-is-text": lambda t: (["inspect", _write(t / "x.tflite", b"hello\n")], "x.tflite"),
+    "inspect-folder": lambda t: (["inspect", _mkdir(t / "m.tflite")], "m.tflite: is a folder"),
     # convert: output paths are checked before anything is loaded
     "convert-out-under-a-file": lambda t: (["convert", _write(t / "m.keras", b"x"), "--float", "--out", _write(t / "f", b"") / "m.tflite"], "--out"),
     "convert-out-is-a-folder": lambda t: (["convert", _write(t / "m.keras", b"x"), "--float", "--out", _mkdir(t / "d")], "--out"),
@@ -120,6 +130,13 @@ CASES = {
     # evaluate
     "evaluate-out-under-a-file": lambda t: (["evaluate", "m.tflite", "--out", _write(t / "f", b"") / "eval"], "--out"),
     "evaluate-corrupt-tflite": lambda t: (["evaluate", random_bytes(t / "r.tflite"), "--data", write_generated_npz(t / "g.npz", 5)], "r.tflite"),
+    "evaluate-limit-zero": lambda t: (["evaluate", "m.tflite", "--limit", "0"], "--limit"),
+    "benchmark-limit-zero": lambda t: (["benchmark", "m.tflite", "--limit", "0"], "--limit"),
+    "benchmark-invokes-negative": lambda t: (["benchmark", "m.tflite", "--invokes", "-1"], "--invokes"),
+    "benchmark-budget-nan": lambda t: (["benchmark", "m.tflite", "--max-acc-drop", "nan"], "--max-acc-drop"),
+    # calibrate: its --out is checked before the model runs on two splits
+    "calibrate-out-under-a-file": lambda t: (["calibrate", random_bytes(t / "m.tflite"), "--out", _write(t / "f", b"") / "c.json"],
+                                             "--out"),
     "evaluate-truncated-data": lambda t: (["evaluate", SHIPPED_MODEL, "--data", truncated(write_generated_npz(t / "g.npz", 5), t / "t.npz")], "t.npz"),
     # predict
     "predict-annotate-under-a-file": lambda t: (["predict", "x.jpg", "--annotate", _write(t / "f", b"") / "ann"], "--annotate"),
@@ -127,6 +144,10 @@ CASES = {
     "predict-above-opencv-limit": lambda t: (["predict", png_header(t / "giant.png", 40000, 40000), "--max-frame-pixels", "0"], "giant.png"),
     "predict-random-image": lambda t: (["predict", random_bytes(t / "r.jpg")], "r.jpg"),
     "predict-missing": lambda t: (["predict", t / "nope.jpg"], "nope.jpg"),
+    "predict-detector-model-is-emotion-model": lambda t: (["predict", "x.jpg", "--detector-model", SHIPPED_MODEL],
+                                                          "gives 1 output(s), not the (128, 128, 3) input and 2 outputs"),
+    "predict-haar-cascade-not-xml": lambda t: (["predict", "x.jpg", "--detector", "haar", "--detector-model",
+                                                random_bytes(t / "c.xml")], "c.xml: not an OpenCV cascade"),
     "predict-corrupt-model": lambda t: (["predict", "x.jpg", "--model", truncated(SHIPPED_MODEL, t / "m.tflite", 0.5)], "m.tflite"),
     # train: the numeric options and the run folder, all refused before anything is written
     "train-epochs-zero": lambda t: (["train", "--epochs", "0", "--out", t / "run"], "--epochs"),
@@ -142,6 +163,7 @@ CASES = {
     "train-widths-not-numbers": lambda t: (["train", "--widths", "abc", "--out", t / "run"], "--widths"),
     "train-stem-stride-zero": lambda t: (["train", "--stem-stride", "0", "--out", t / "run"], "--stem-stride"),
     "train-out-under-a-file": lambda t: (["train", "--out", _write(t / "f", b"") / "run"], "--out"),
+    "train-lr-infinite": lambda t: (["train", "--lr", "inf", "--out", t / "run"], "--lr"),
     "train-resume-nothing": lambda t: (["train", "--resume", "--out", t / "run"], "--resume"),
     "train-resume-with-lr": lambda t: (["train", "--resume", "--lr", "0.1", "--out", t / "run"], "--lr"),
     "train-qat-with-widths": lambda t: (["train", "--qat", "--from", t / "run", "--widths", "8,8,8,8"], "--widths"),
@@ -150,6 +172,10 @@ CASES = {
     "demo-out-under-a-file": lambda t: (["demo", "--out", _write(t / "f", b"") / "d.jpg"], "--out"),
     "demo-out-is-a-folder": lambda t: (["demo", "--out", _mkdir(t / "d")], "--out"),
     "demo-random-model": lambda t: (["demo", "--model", random_bytes(t / "m.tflite"), "--out", t / "d.jpg"], "m.tflite"),
+    # daemon: checked before a camera or model is opened
+    "daemon-max-fps-infinite": lambda t: (["daemon", "--check-config", "--max-fps", "inf"], "pipeline.max_fps"),
+    "daemon-timeout-infinite": lambda t: (["daemon", "--check-config", "--config", _write(t / "d.toml", b"[source]\nopen_timeout_s = inf\n")],
+                                          "source.open_timeout_s: expected a finite number > 0"),
 }
 if SYS_READ_ONLY:
     CASES.update({
@@ -158,7 +184,13 @@ if SYS_READ_ONLY:
         "demo-out-unwritable": lambda t: (["demo", "--out", UNWRITABLE / "d.jpg"], "--out"),
         "train-out-unwritable": lambda t: (["train", "--out", UNWRITABLE / "run"], "--out"),
         "evaluate-out-unwritable": lambda t: (["evaluate", "m.tflite", "--out", UNWRITABLE], "--out"),
+        "calibrate-out-unwritable": lambda t: (["calibrate", random_bytes(t / "m.tflite"), "--out", UNWRITABLE / "c.json"], "--out"),
+        "daemon-jsonl-unwritable": lambda t: (["daemon", "--check-config", "--jsonl", Path("/sys/fer-edge-test.jsonl")],
+                                              "output.jsonl"),
     })
+
+if not ctypes.util.find_library("edgetpu"):  # LiteRT's half-built delegate used to print a traceback at exit
+    CASES["predict-edgetpu-missing"] = lambda t: (["predict", "x.jpg", "--device", "edgetpu"], "Edge TPU")
 
 
 def _write(path: Path, data: bytes) -> Path:
@@ -168,6 +200,13 @@ def _write(path: Path, data: bytes) -> Path:
 
 def _mkdir(path: Path) -> Path:
     path.mkdir()
+    return path
+
+
+def _extra(path: Path, **arrays) -> Path:
+    """Add arrays to an .npz made by `npz`."""
+    with np.load(path) as z:
+        np.savez(path, **dict(z), **arrays)
     return path
 
 
@@ -307,6 +346,33 @@ def test_truncated_jpeg_and_video_are_named(tmp_path):
     assert result.returncode == 0, result.stderr
     assert f"warning: {tmp_path / 'cut.jpg'}: JPEG data ends early" in result.stderr
     assert f"warning: {tmp_path / 'cut.avi'}: ended after" in result.stderr
+
+
+def test_daemon_http_port_in_use_names_the_keys(tmp_path):
+    import socket
+
+    import cv2
+
+    video = tmp_path / "v.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 15, (160, 120))
+    for _ in range(5):
+        writer.write(np.zeros((120, 160, 3), np.uint8))
+    writer.release()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = cli("daemon", "--source", video, "--no-loop", "--http-port", port)
+    assert_one_line_error(result, f"http.host, http.port: cannot listen on 127.0.0.1:{port}")
+
+
+def test_evaluate_without_a_ferplus_majority_says_n_a(tmp_path):
+    # Votes that give no image a FER+ majority: the FER+ scores are n/a, not a crash formatting None.
+    data = _extra(npz(tmp_path / "v.npz", usage=np.array(["Training", "PublicTest", "PrivateTest"])),
+                  ferplus_votes=np.ones((3, 10), int))
+    result = cli("evaluate", SHIPPED_MODEL, "--data", data)
+    assert result.returncode == 0, result.stderr
+    assert "FER+ majority (0 images): accuracy n/a  macro F1 n/a" in result.stdout
 
 
 def test_16_bit_png_folder_is_scaled_not_saturated(tmp_path):

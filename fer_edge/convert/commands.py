@@ -6,6 +6,7 @@ so it also runs on the device.
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -132,8 +133,8 @@ def inspect_command(model, require_int8, target, as_json):
 @click.argument("models", nargs=-1, required=True, type=click.Path())
 @click.option("--data", "data_path", type=click.Path(), help=DATA_HELP)
 @click.option("--split", type=click.Choice(SPLITS), default="PrivateTest", show_default=True)
-@click.option("--limit", type=int, help="Use a stratified subset of this many images of the split.")
-@click.option("--invokes", type=int, default=100, show_default=True, help="Invokes per latency median (0: skip).")
+@click.option("--limit", type=click.IntRange(min=1), help="Use a stratified subset of this many images of the split.")
+@click.option("--invokes", type=click.IntRange(min=0), default=100, show_default=True, help="Invokes per latency median (0: skip).")
 @click.option("--max-acc-drop", type=float, default=DEFAULT_MAX_ACC_DROP, show_default=True,
               help="Budget: accuracy points an int8 model may lose against the float model.")
 @click.option("--max-f1-drop", type=float, default=DEFAULT_MAX_F1_DROP, show_default=True,
@@ -145,6 +146,9 @@ def benchmark(models, data_path, split, limit, invokes, max_acc_drop, max_f1_dro
     from fer_edge.convert.benchmark import budget_violations, reference_row, table
     from fer_edge.train.data import load_dataset
 
+    for flag, budget in (("--max-acc-drop", max_acc_drop), ("--max-f1-drop", max_f1_drop)):
+        if not math.isfinite(budget):  # nan would pass every comparison: the budget would never fail
+            raise FerEdgeError(f"{flag}: {budget} is not allowed; give a finite number")
     if json_out:
         atomic.check_writable(json_out, "--out")
     ds = load_dataset(data_path)

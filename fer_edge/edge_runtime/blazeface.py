@@ -82,10 +82,13 @@ class BlazeFaceDetector(PyramidDetector):
 
     model: BlazeFaceModel
 
-    def _check_input(self, shape) -> None:
-        if tuple(shape[1:]) != (self.model.input, self.model.input, 3):
-            raise ModelError(f"{self._path} takes input {tuple(shape[1:])}, not the "
-                             f"({self.model.input}, {self.model.input}, 3) of {self.model.file}")
+    def _check_model(self, interpreter) -> None:
+        inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
+        shape = tuple(int(d) for d in inputs[0]["shape"][1:]) if inputs else ()
+        expected = (self.model.input, self.model.input, 3)
+        if len(inputs) != 1 or shape != expected or len(outputs) != 2:
+            raise ModelError(f"{self._path} takes input {shape} and gives {len(outputs)} output(s), not the {expected} "
+                             f"input and 2 outputs (boxes, scores) of {self.model.file}")
 
     def _runner_for(self, interpreter, index: int, shape: tuple[int, int]) -> Runner:
         outputs = sorted(interpreter.get_output_details(), key=lambda d: -int(d["shape"][-1]))

@@ -6,6 +6,7 @@ fallbacks, imported only when the former is missing so a device never needs Tens
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import platform
 import warnings
@@ -57,6 +58,9 @@ def _edgetpu_delegate(device: str, load_delegate):
     _, _, kind = device.partition(":")
     options = {"device": kind} if kind else {}
     try:
+        # Loaded here first: when the library is missing, the runtime's Delegate is left half-built and
+        # its __del__ prints a traceback after our one-line error.
+        ctypes.CDLL(library)
         return load_delegate(library, options)
     except (ValueError, OSError, RuntimeError) as error:
         raise EdgeTpuUnavailableError(
@@ -78,7 +82,8 @@ def make_interpreter(model_path: str | Path, num_threads: int | None = None, dev
         raise ValueError(f"unknown device {device!r}: choose one of {', '.join(DEVICES)}")
     model_path = Path(model_path)
     if not model_path.is_file():
-        raise ModelError(f"model file not found: {model_path}")
+        raise ModelError(f"{model_path}: is a folder, expected a .tflite file" if model_path.is_dir()
+                         else f"model file not found: {model_path}")
     Interpreter, load_delegate = _runtime()
     delegates = []
     if device != "cpu":

@@ -28,9 +28,12 @@ class HaarDetector:
             if not hasattr(cv2, "data"):
                 raise ModelError("this OpenCV has no bundled Haar cascades (removed in 5.0): install opencv<5")
             model_path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
-        self._cascade = cv2.CascadeClassifier(str(model_path))
-        if self._cascade.empty():
-            raise ModelError(f"cannot load Haar cascade {model_path}")
+        try:
+            self._cascade = cv2.CascadeClassifier(str(model_path))
+        except (cv2.error, SystemError):  # a file that is not cascade XML fails inside the constructor
+            self._cascade = None
+        if self._cascade is None or self._cascade.empty():
+            raise ModelError(f"cannot load Haar cascade {model_path}: not an OpenCV cascade .xml file")
         self.min_face, self.scale_factor, self.min_neighbors = min_face, scale_factor, min_neighbors
 
     def detect(self, gray: np.ndarray) -> list[Detection]:

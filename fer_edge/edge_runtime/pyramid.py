@@ -89,8 +89,8 @@ class Runner:
 
 
 class PyramidDetector:
-    """A detector network on an image pyramid. Subclasses give `_runner_for`, `_tensor`, `_decode`
-    and `_landmarks`."""
+    """A detector network on an image pyramid. Subclasses give `_check_model`, `_runner_for`,
+    `_tensor`, `_decode` and `_landmarks`."""
 
     NMS_IOU = 0.3  # MediaPipe's min_suppression_threshold; merges one face seen at several levels
 
@@ -103,15 +103,17 @@ class PyramidDetector:
         # One interpreter per input shape: re-allocating tensors on every shape change costs more
         # than the inference (a frame's pyramid levels all have different shapes).
         self._runners: dict[tuple[int, int], Runner] = {}
-        self._check_input(self._runner((model.input, model.input)).interpreter.get_input_details()[0]["shape"])
+        self._runner((model.input, model.input))
 
-    def _check_input(self, shape) -> None:
-        """Raise ModelError when the file's input is not the one this model was made with."""
+    def _check_model(self, interpreter) -> None:
+        """Raise ModelError when the file's inputs and outputs are not those of this model."""
         raise NotImplementedError
 
     def _runner(self, shape: tuple[int, int]) -> Runner:
         if shape not in self._runners:
             interpreter = make_interpreter(self._path, self._threads)
+            if not self._runners:  # the first: is the file this detector's model at all?
+                self._check_model(interpreter)
             details = interpreter.get_input_details()[0]
             index = details["index"]
             if tuple(details["shape"][1:3]) != shape:

@@ -40,15 +40,16 @@ class YuNetDetector(PyramidDetector):
     def __init__(self, model_path: str | Path | None = None, **options):
         super().__init__(YUNET, model_path, **options)
 
-    def _check_input(self, shape) -> None:
-        if int(shape[-1]) != 1:
-            raise ModelError(f"{self._path} takes {int(shape[-1])}-channel input, not the gray input of "
+    def _check_model(self, interpreter) -> None:
+        inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
+        channels = int(inputs[0]["shape"][-1]) if len(inputs) == 1 else 0
+        if channels != 1 or len(outputs) != len(STRIDES) or any(int(d["shape"][-1]) != 16 for d in outputs):
+            raise ModelError(f"{self._path} has {len(inputs)} input(s) of {channels} channel(s) and {len(outputs)} "
+                             f"output(s), not the one gray input and 3 maps of 16 channels of YuNet's "
                              f"{self.model.file} (a YuNet ONNX file needs the .onnx suffix)")
 
     def _runner_for(self, interpreter, index: int, shape: tuple[int, int]) -> Runner:
         outputs = interpreter.get_output_details()
-        if len(outputs) != len(STRIDES) or any(int(d["shape"][-1]) != 16 for d in outputs):
-            raise ModelError(f"{self._path} does not have YuNet's outputs: 3 maps of 16 channels")
         priors = []
         for stride in STRIDES:
             ys, xs = np.mgrid[0:shape[0] // stride, 0:shape[1] // stride]

@@ -126,7 +126,8 @@ def table(document: dict) -> str:
     rows = [("none", document["uncalibrated"])] + list(document["calibrations"].items())
     for name, entry in rows:
         s = entry[document["reported_on"]]
-        lines.append(f"| {name} | {s['accuracy']:.1%} | {s['f1_macro']:.3f} | {s['ferplus_accuracy']:.1%} | "
-                     f"{s['ferplus_f1_macro']:.3f} | {s['ferplus_neutral_predicted_neutral']:.1%} | "
+        lines.append(f"| {name} | {s['accuracy']:.1%} | {s['f1_macro']:.3f} | "
+                     f"{ferplus.figure(s['ferplus_accuracy'], '.1%')} | {ferplus.figure(s['ferplus_f1_macro'], '.3f')} | "
+                     f"{s['ferplus_neutral_predicted_neutral']:.1%} | "
                      f"{s['ferplus_neutral_predicted_negative']:.1%} | {s['ferplus_neutral_predicted_sad']:.1%} |")
     return "\n".join(lines)

@@ -158,7 +158,7 @@ def _flag(name: str) -> str:
 @click.option("--out", type=click.Path(), help="Folder for metrics.json, the report and confusion matrices.")
 @click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True,
               help="flip: average each face's probabilities with its mirror image's.")
-@click.option("--limit", type=int, help="Evaluate a stratified subset of this many images.")
+@click.option("--limit", type=click.IntRange(min=1), help="Evaluate a stratified subset of this many images.")
 @click.option("--calibration", default="none", show_default=True, metavar="NAME",
               help="A .tflite's calibration stored beside it by `fer-edge calibrate` (e.g. ferplus, neutral).")
 def evaluate(model, data_path, split, out, tta, limit, calibration):
@@ -198,19 +198,19 @@ def calibrate(model, data_path, neutral_target, out):
     import shlex
     import sys
 
+    from fer_edge.edge_runtime.calibration import sidecar_path
     from fer_edge.train.calibrate import NEUTRAL_TARGET
     from fer_edge.train.calibrate import calibrate as fit
     from fer_edge.train.calibrate import table
     from fer_edge.train.data import load_dataset
 
+    check_writable(out or sidecar_path(model), "--out")  # before the model runs on two splits
     command = "fer-edge calibrate " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     document = fit(model, load_dataset(data_path), command,
                    NEUTRAL_TARGET if neutral_target is None else neutral_target, out)
     for name, entry in document["calibrations"].items():
         click.echo(f"{name}: bias {entry['bias']} temperature {entry['temperature']:g} ({entry['description']})")
     click.echo(table(document))
-    from fer_edge.edge_runtime.calibration import sidecar_path
-
     click.echo(f"wrote {out or sidecar_path(model)}")
 
 

@@ -7,6 +7,7 @@ any file is written, naming the CLI flag of a bad value.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields, replace
 
 from fer_edge.errors import FerEdgeError
@@ -119,8 +120,8 @@ class TrainConfig:
         need(self.precision in PRECISIONS, "--precision", self.precision, f"choose from {', '.join(PRECISIONS)}")
         need(self.epochs >= 1, "--epochs", self.epochs, "give at least 1")
         need(self.batch_size >= 1, "--batch-size", self.batch_size, "give at least 1")
-        need(self.lr > 0, "--lr", self.lr, "the learning rate must be positive")
-        need(self.warmup_epochs >= 0, "--warmup-epochs", self.warmup_epochs, "give 0 or more")
+        need(0 < self.lr < math.inf, "--lr", self.lr, "the learning rate must be positive and finite")
+        need(0 <= self.warmup_epochs < math.inf, "--warmup-epochs", self.warmup_epochs, "give 0 or more")
         need(0 <= self.label_smoothing < 1, "--label-smoothing", self.label_smoothing, "give a value in [0, 1)")
         need(self.patience >= 1, "--patience", self.patience, "give at least 1 epoch")
         need(self.logical_cpus >= 0, "--logical-cpus", self.logical_cpus, "give 0 (off) or more")
@@ -131,7 +132,7 @@ class TrainConfig:
         need(0 <= a.zoom < 1, "--zoom", a.zoom, "give a fraction in [0, 1)")
         need(0 <= a.shift < 1, "--shift", a.shift, "give a fraction in [0, 1)")
         need(0 <= a.erasing <= 1, "--erasing", a.erasing, "give a probability in [0, 1]")
-        need(a.mixup >= 0, "--mixup", a.mixup, "give 0 (off) or a positive Beta alpha")
+        need(0 <= a.mixup < math.inf, "--mixup", a.mixup, "give 0 (off) or a positive Beta alpha")
         if self.model == "seresnet":
             need(self.preset in PRESETS, "--preset", self.preset, f"choose from {', '.join(PRESETS)}")
             cfg = resolve_config(self.preset, **self.overrides)

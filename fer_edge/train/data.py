@@ -113,6 +113,12 @@ def _load_npz(path: Path) -> FerDataset:
     bad_usage = sorted(set(np.unique(usage).tolist()) - set(SPLITS))
     if bad_usage:
         raise FerEdgeError(f"{path}: unknown usage {bad_usage[0]!r}; expected one of {', '.join(SPLITS)}")
+    # The optional arrays: one row per face too, else leakage and FER+ scores fail deep inside.
+    for name, array, shape in (("dup_group", dup, (len(labels),)), ("ferplus_votes", votes, (len(labels), 10))):
+        if array is not None and (array.shape != shape or array.dtype.kind not in "iu"):
+            raise FerEdgeError(f"{path}: {name} must be integers of shape {shape}, got {array.dtype} {array.shape}")
+    if votes is not None and votes.size and votes.min() < 0:
+        raise FerEdgeError(f"{path}: ferplus_votes must be vote counts >= 0, got {int(votes.min())}")
     return FerDataset(images, labels.astype(np.uint8), usage, str(path), dup, votes)
 
 

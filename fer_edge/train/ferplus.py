@@ -79,9 +79,14 @@ def ferplus_metrics(votes: np.ndarray, probs: np.ndarray) -> dict:
     }
 
 
+def figure(value: float | None, spec: str) -> str:
+    """A score for a table, or n/a when there was nothing to score (no image with a FER+ majority)."""
+    return "n/a" if value is None else format(value, spec)
+
+
 def summary_line(metrics: dict) -> str:
     neutral = metrics["neutral_faces"]
-    return (f"FER+ majority ({metrics['labelled_images']} images): accuracy {metrics['accuracy']:.4f}  "
-            f"macro F1 {metrics['f1_macro']:.4f};  FER+-neutral faces ({neutral['images']}): predicted neutral "
+    return (f"FER+ majority ({metrics['labelled_images']} images): accuracy {figure(metrics['accuracy'], '.4f')}  "
+            f"macro F1 {figure(metrics['f1_macro'], '.4f')};  FER+-neutral faces ({neutral['images']}): predicted neutral "
             f"{neutral['predicted_neutral']:.1%}, negative {neutral['predicted_negative']:.1%} "
             f"(sad {neutral['predicted']['sad']:.1%})")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import os
+import math
 import ssl
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +21,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
     import tomli as tomllib
 
+from fer_edge.atomic import check_writable
 from fer_edge.edge_runtime.classifier import TTA_MODES, ClassifierOptions
 from fer_edge.edge_runtime.detection import DETECTORS
 from fer_edge.edge_runtime.pipeline import PipelineOptions
@@ -42,11 +43,12 @@ def _check(test: Callable[[Any], bool], expected: str) -> dict:
 
 
 def _positive() -> dict:
-    return _check(lambda v: v > 0, "a number > 0")
+    # TOML and float flags take `inf`: as a timeout or interval it crashes or stalls the daemon.
+    return _check(lambda v: 0 < v < math.inf, "a finite number > 0")
 
 
 def _non_negative() -> dict:
-    return _check(lambda v: v >= 0, "a number >= 0")
+    return _check(lambda v: 0 <= v < math.inf, "a finite number >= 0")
 
 
 def _one_of(*choices: str) -> dict:
@@ -416,8 +418,10 @@ def _check_combinations(config: DaemonConfig) -> None:
         folder = Path(jsonl).parent
         if not folder.is_dir():
             raise ConfigError(f"output.jsonl: no such folder: {folder} (for {jsonl})")
-        if Path(jsonl).is_dir() or not os.access(Path(jsonl) if Path(jsonl).exists() else folder, os.W_OK):
-            raise ConfigError(f"output.jsonl: cannot write to {jsonl}")
+        try:
+            check_writable(jsonl, "output.jsonl")
+        except FerEdgeError as error:
+            raise ConfigError(str(error)) from None
 
 
 def _check_tls(mqtt: MqttConfig) -> None:

@@ -9,6 +9,8 @@ from typing import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from fer_edge.errors import FerEdgeError
+
 log = logging.getLogger(__name__)
 # How often serve_forever looks for a shutdown request: stop() returns within this.
 HTTP_POLL_S = 0.1
@@ -42,7 +44,12 @@ class StatusServer:
             def log_message(self, format: str, *args) -> None:  # requests are routine: debug level only
                 log.debug("http: " + format, *args)
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
+        try:
+            self._server = ThreadingHTTPServer((host, port), Handler)
+        except OSError as error:  # a port in use, an address not on this machine, an unknown host name
+            reason = error.strerror or str(error)
+            raise FerEdgeError(f"http.host, http.port: cannot listen on {host}:{port} ({reason}); "
+                               "change them, or turn HTTP off (http.enabled = false, --no-http)") from None
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": HTTP_POLL_S},
                                         name="fer-edge-http", daemon=True)
