@@ -148,6 +148,9 @@ CASES = {
                                                           "gives 1 output(s), not the (128, 128, 3) input and 2 outputs"),
     "predict-haar-cascade-not-xml": lambda t: (["predict", "x.jpg", "--detector", "haar", "--detector-model",
                                                 random_bytes(t / "c.xml")], "c.xml: not an OpenCV cascade"),
+    "predict-yunet-model-is-emotion-model": lambda t: (["predict", "x.jpg", "--detector", "yunet", "--detector-model",
+                                                       SHIPPED_MODEL], "not the one gray input and 3 maps"),
+    "predict-threads-huge": lambda t: (["predict", "x.jpg", "--threads", "100000"], "--threads"),
     "predict-corrupt-model": lambda t: (["predict", "x.jpg", "--model", truncated(SHIPPED_MODEL, t / "m.tflite", 0.5)], "m.tflite"),
     # train: the numeric options and the run folder, all refused before anything is written
     "train-epochs-zero": lambda t: (["train", "--epochs", "0", "--out", t / "run"], "--epochs"),

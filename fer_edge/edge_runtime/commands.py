@@ -18,7 +18,7 @@ import click
 from fer_edge.atomic import atomic_path, check_writable
 from fer_edge.edge_runtime.classifier import SHIPPED_MODEL, TTA_MODES
 from fer_edge.edge_runtime.detection import DEFAULT_DETECTOR, DEFAULT_MIN_FACE, DETECTORS
-from fer_edge.edge_runtime.interpreter import DEVICES
+from fer_edge.edge_runtime.interpreter import DEVICES, MAX_THREADS
 from fer_edge.errors import FerEdgeError
 
 SAMPLE_IMAGE = Path(__file__).resolve().parents[1] / "assets" / "astronaut.jpg"
@@ -33,7 +33,8 @@ def runtime_options(command):
                      help=f"Emotion model (.tflite, int8 or float32). Default: the shipped {SHIPPED_MODEL.name}."),
         click.option("--sha256", "verify_sha256", default=None, metavar="HEX",
                      help="Refuse the model unless its sha256 is HEX (from its model card)."),
-        click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads. Default: all cores."),
+        click.option("--threads", type=click.IntRange(min=1, max=MAX_THREADS), default=None,
+                     help="CPU threads. Default: all cores."),
         click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
                      help="Run the emotion model on the CPU or a Coral Edge TPU."),
         click.option("--fallback-cpu", is_flag=True, help="Use the CPU, with a warning, if the Edge TPU is unavailable."),

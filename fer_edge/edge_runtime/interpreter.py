@@ -15,6 +15,9 @@ from pathlib import Path
 from fer_edge.edge_runtime.errors import EdgeTpuUnavailableError, ModelError, RuntimeMissingError
 
 DEVICES = ("cpu", "edgetpu", "edgetpu:usb", "edgetpu:pci")
+MAX_THREADS = 64
+"""More interpreter threads than this is a typo: tens of thousands crash the process when it runs out
+of threads (XNNPACK and OpenBLAS start them all), and no board has that many cores."""
 
 # File names of the Edge TPU runtime library (Coral's `libedgetpu`) per operating system.
 EDGETPU_LIBRARIES = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}
@@ -80,6 +83,8 @@ def make_interpreter(model_path: str | Path, num_threads: int | None = None, dev
     """
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}: choose one of {', '.join(DEVICES)}")
+    if num_threads is not None and not 1 <= num_threads <= MAX_THREADS:
+        raise ModelError(f"threads (--threads, the daemon's model.threads): {num_threads} is not within 1-{MAX_THREADS}")
     model_path = Path(model_path)
     if not model_path.is_file():
         raise ModelError(f"{model_path}: is a folder, expected a .tflite file" if model_path.is_dir()

@@ -136,7 +136,8 @@ def _load_csv(path: Path, skip_bad: bool) -> FerDataset:
                     image, label, split = _csv_row(row, n_pixels)
                 except (ValueError, TypeError, AttributeError) as exc:
                     if not skip_bad:
-                        raise FerEdgeError(f"{path}, row {row_number}: {exc} (use --skip-bad to skip bad rows)") from None
+                        raise FerEdgeError(f"{path}, row {row_number}: {exc} "
+                                           "(fix it; `fer-edge data inspect --skip-bad` counts the bad rows)") from None
                     skipped += 1
                     continue
                 images.append(image)
@@ -198,7 +199,8 @@ def _load_folder(root: Path, skip_bad: bool) -> FerDataset:
                 image = cv2.imread(str(file), cv2.IMREAD_COLOR)
                 if image is None:
                     if not skip_bad:
-                        raise FerEdgeError(f"{file}: unreadable image (use --skip-bad to skip bad files)")
+                        raise FerEdgeError(f"{file}: unreadable image "
+                                           "(fix it; `fer-edge data inspect --skip-bad` counts the bad files)")
                     skipped += 1
                     continue
                 prefix = _PREFIX.match(file.name)
