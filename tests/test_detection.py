@@ -148,3 +148,20 @@ def test_shipped_models_match_their_provenance():
         assert hashlib.sha256((DETECTOR_ASSETS / name).read_bytes()).hexdigest() == digest
     assert "Apache License" in (DETECTOR_ASSETS / "LICENSE-Apache-2.0.txt").read_text()
     assert "3-clause BSD License" in (DETECTOR_ASSETS / "LICENSE-libfacedetection.txt").read_text()
+
+
+def test_yunet_weights_are_read_from_libfacedetection_source(tmp_path):
+    """`fer_edge.convert.yunet` reads the C arrays of facedetectcnn-data.cpp by name; another file is refused."""
+    from fer_edge.convert.yunet import read_weights
+    from fer_edge.errors import FerEdgeError
+
+    source = tmp_path / "facedetectcnn-data.cpp"
+    source.write_text('#include "facedetectcnn.h"\nfloat backbone__model0_pw_weight[2*1] = {0.5f,-1.25f};\n'
+                      "float backbone__model0_pw_bias[2] = {1.f,\n  2e-3f};\n")
+    arrays = read_weights(source)
+    assert arrays["backbone__model0_pw_weight"].tolist() == [0.5, -1.25]
+    assert arrays["backbone__model0_pw_bias"] == pytest.approx([1.0, 0.002])
+    other = tmp_path / "other.cpp"
+    other.write_text("int main() { return 0; }\n")
+    with pytest.raises(FerEdgeError, match="other.cpp: no YuNet weight arrays"):
+        read_weights(other)
