@@ -161,3 +161,25 @@ def test_calibration_belongs_to_its_model(calibrated, float_tflite_path, tmp_pat
         EmotionClassifier(ClassifierOptions(other, calibration="ferplus"))
     with pytest.raises(ModelError, match="no model_float32.calibration.json beside"):
         EmotionClassifier(ClassifierOptions(float_tflite_path, calibration="ferplus"))
+
+
+def test_ferplus_fit_moves_int8_probabilities_toward_the_votes():
+    """Probabilities in int8 steps (1/256) whose annotators lean neutral more than the model does:
+    the fitted bias favours neutral and lowers the cross-entropy. (Computed in float32, the fit's
+    finite differences vanished and it returned bias 0, temperature 1.)"""
+    from fer_edge.edge_runtime.calibration import Calibration
+    from fer_edge.train.calibrate import fit_ferplus
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 1.5, (400, 7))
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    probs = (np.round(probs * 256) / 256).astype(np.float32)
+    shares = probs.astype(np.float64) / probs.sum(1, keepdims=True)
+    counts = np.array([rng.multinomial(6, row) for row in shares])  # FER2013 class order
+    votes = np.zeros((400, 10), np.int64)
+    votes[:, :7] = counts[:, ferplus.TO_FER2013[:7]]  # FER+ column order
+    votes[:, ferplus.FERPLUS_COLUMNS.index("neutral")] += 4
+    targets, valid = ferplus.distributions(votes)
+    fitted = fit_ferplus(probs, votes)
+    loss = lambda c: -(targets * c.log_probs(probs[valid])).sum(1).mean()  # noqa: E731
+    assert loss(fitted) < loss(Calibration(np.zeros(7))) - 0.01

@@ -28,12 +28,15 @@ class Calibration:
     bias: np.ndarray
     temperature: float = 1.0
 
-    def apply(self, probs: np.ndarray) -> np.ndarray:
-        # float64: the fit's finite differences are lost in float32 rounding.
+    def log_probs(self, probs: np.ndarray) -> np.ndarray:
+        """Calibrated log-probabilities in float64: a fit's finite differences (~1e-8) vanish in
+        float32 rounding, and the optimiser then stops where it started."""
         logits = np.log(np.maximum(probs, FLOOR).astype(np.float64)) / self.temperature + self.bias
         logits -= logits.max(axis=-1, keepdims=True)
-        e = np.exp(logits)
-        return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+        return logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+
+    def apply(self, probs: np.ndarray) -> np.ndarray:
+        return np.exp(self.log_probs(probs)).astype(np.float32)
 
 
 def sidecar_path(model_path: str | Path) -> Path:

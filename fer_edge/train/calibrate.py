@@ -40,8 +40,8 @@ def fit_ferplus(probs: np.ndarray, votes: np.ndarray) -> Calibration:
     probs, targets = probs[valid], targets[valid]
 
     def loss(params: np.ndarray) -> float:
-        calibrated = Calibration(params[:NUM_CLASSES], float(np.exp(params[-1]))).apply(probs)
-        return float(-(targets * np.log(np.maximum(calibrated, 1e-12))).sum(axis=1).mean())
+        log_probs = Calibration(params[:NUM_CLASSES], float(np.exp(params[-1]))).log_probs(probs)
+        return float(-(targets * log_probs).sum(axis=1).mean())
 
     result = minimize(loss, np.zeros(NUM_CLASSES + 1), method="L-BFGS-B")
     bias = result.x[:NUM_CLASSES] - result.x[:NUM_CLASSES].mean()  # softmax ignores a common shift
