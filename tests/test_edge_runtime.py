@@ -125,9 +125,11 @@ def test_edgetpu_fallback_classifies(int8_model_path, test_faces):
 # ---------------------------------------------------------------- detection
 
 
-# Faces of 100-200 px: BlazeFace need not search finer than 96 px faces; Haar is given a half-size
+# Faces of 100-200 px: YuNet and BlazeFace need not search finer than 96 px faces; Haar is given a half-size
 # frame (min_face 48), as before the pyramid search. Full-range is measured in test_detection.py.
-@pytest.mark.parametrize("name, min_face, min_recall, min_iou", [("blazeface-short", 96, 0.85, 0.6),
+# YuNet finds 94 of these 112 upscaled 48x48 crops (no head around them, unlike its WIDER FACE faces).
+@pytest.mark.parametrize("name, min_face, min_recall, min_iou", [("yunet", 96, 0.8, 0.6),
+                                                                  ("blazeface-short", 96, 0.85, 0.6),
                                                                   ("haar", 48, 0.6, 0.7)])
 def test_detection_recall_and_iou(scenes, name, min_face, min_recall, min_iou):
     detector = create_detector(name, min_face=min_face)
@@ -145,7 +147,7 @@ def test_detection_recall_and_iou(scenes, name, min_face, min_recall, min_iou):
     assert false <= 0.05 * total
 
 
-@pytest.mark.parametrize("name", ["blazeface-short", "blazeface-full", "haar"])
+@pytest.mark.parametrize("name", ["yunet", "blazeface-short", "blazeface-full", "haar"])
 def test_no_faces_in_synthetic_face_free_images(name):
     rng = np.random.default_rng(3)
     detector = create_detector(name)
@@ -170,11 +172,12 @@ def shipped_classifier():
     return EmotionClassifier(ClassifierOptions(SHIPPED_MODEL, num_threads=1))
 
 
-def test_pipeline_crops_agree_with_the_original_faces(shipped_classifier, scenes):
+@pytest.mark.parametrize("detector, min_found", [("yunet", 0.8), ("blazeface-short", 0.85)])  # see recall above
+def test_pipeline_crops_agree_with_the_original_faces(shipped_classifier, scenes, detector, min_found):
     # The shipped model, not the session's tiny one: its confident outputs make agreement measure
     # the crop, where the tiny model's near-ties would measure noise.
     classifier = shipped_classifier
-    pipeline = EmotionPipeline(classifier, options=PipelineOptions(detector="blazeface-short", min_face=96))
+    pipeline = EmotionPipeline(classifier, options=PipelineOptions(detector=detector, min_face=96))
     agree = []
     for scene in scenes:
         result = pipeline.process(scene.image)
@@ -183,7 +186,7 @@ def test_pipeline_crops_agree_with_the_original_faces(shipped_classifier, scenes
             index = max(range(len(scene.boxes)), key=lambda i: _iou(scene.boxes[i], face.box))
             if _iou(scene.boxes[index], face.box) >= 0.3:
                 agree.append(face.label == spec.CLASS_NAMES[int(classifier.classify([scene.faces[index]]).argmax())])
-    assert len(agree) >= 0.85 * sum(len(s.boxes) for s in scenes)
+    assert len(agree) >= min_found * sum(len(s.boxes) for s in scenes)
     assert np.mean(agree) >= 0.7, np.mean(agree)  # 0.745 measured with the shipped model
 
 
