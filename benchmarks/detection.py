@@ -14,7 +14,7 @@ gravel, a rocket, coffee, a cat, a clock, text, a galaxy field, a retina, cells)
 
     python benchmarks/detection.py                       # every detector, targets for the default
     python benchmarks/detection.py --detector blazeface-full --sweep 0.4,0.5,0.6,0.7
-    python benchmarks/detection.py --face-range          # the face sizes each BlazeFace resolves
+    python benchmarks/detection.py --face-range          # the face sizes BlazeFace and YuNet resolve
 
 A face counts as found when a detection overlaps its box with IoU >= 0.4 (detectors draw boxes of
 their own proportions: BlazeFace's span brows to mouth, ~0.88 of a FER2013 crop), or lies inside
@@ -241,6 +241,9 @@ def main(data, names, resolutions, frames, n_empty, min_face, sweep, split, show
     rng = np.random.default_rng(0)
     photos, faces, astronaut = photographs(), fer_faces(data, split), astronaut_patch()
     if show_range:
+        if "haar" in names:
+            raise click.BadParameter("haar searches its own scales: --face-range measures BlazeFace and YuNet",
+                                     param_hint="--detector")
         face_range(faces, photos, rng, names or ("blazeface-short", "blazeface-full", "yunet"))
         return
     names = list(names) or list(DETECTORS)

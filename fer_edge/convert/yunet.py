@@ -24,16 +24,15 @@ numbers, 10 keypoint numbers (see `fer_edge/edge_runtime/yunet.py` for the decod
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import click
 import numpy as np
 
 from fer_edge import atomic
+from fer_edge.edge_runtime.yunet import STRIDES
 from fer_edge.errors import FerEdgeError
 
-STRIDES = (8, 16, 32)
 HEADS = ("cls", "obj", "bbox", "kps")  # output channel order: 1 + 1 + 4 + 10
 _ARRAY = re.compile(r"float\s+(\w+)\s*\[([^\]]*)\]\s*=\s*\{([^}]*)\}", re.S)
 
@@ -129,10 +128,15 @@ def main(weights: Path, out: Path) -> None:
     """Build OUT (.tflite) from libfacedetection's WEIGHTS (src/facedetectcnn-data.cpp)."""
     try:
         atomic.check_writable(out, "OUT")
-        data = to_tflite(build_model(read_weights(weights)))
+        arrays = read_weights(weights)
+        try:
+            model = build_model(arrays)
+        except (KeyError, ValueError) as err:  # an array missing, or of another size than the network's
+            raise FerEdgeError(f"{weights}: not the YuNet that facedetectcnn-model.cpp wires ({err})") from None
+        data = to_tflite(model)
         atomic.write_bytes(out, data)
     except FerEdgeError as err:
-        sys.exit(f"error: {err}")
+        raise click.ClickException(str(err)) from None
     print(f"{out}: {len(data)} bytes")
 
 
