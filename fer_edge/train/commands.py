@@ -92,6 +92,10 @@ def _int_tuple(flag: str):
 @click.option("--no-flip", is_flag=True, default=None)
 @click.option("--erasing", type=float, help="Random-erasing probability [default: 0].")
 @click.option("--mixup", type=float, help="Mixup Beta alpha [default: 0 = off].")
+@click.option("--teacher", "teachers", multiple=True, metavar="RUN|MODEL|ferplus",
+              help="Distil: a finished run, model file or .tflite whose flip-averaged probabilities (or 'ferplus': "
+                   "FER+ vote shares) become soft targets, computed once into the run folder; repeat for an ensemble.")
+@click.option("--distill", type=float, help="With --teacher: the teachers' weight in each target [default: 0.5].")
 @click.option("--train-limit", type=int, help="Train on a stratified subset of this many images.")
 @click.option("--val-limit", type=int, help="Validate on a stratified subset of this many images.")
 @click.option("--logical-cpus", type=int, help="Mirror across N logical CPU devices (tests the distributed path).")
@@ -109,7 +113,10 @@ def train(resume, qat, from_run, **kw):
     """
     from fer_edge.train import config
 
+    kw["teachers"] = list(kw["teachers"]) or None  # click gives () when the flag is absent
     given = {k: v for k, v in kw.items() if v is not None}
+    if "distill" in given and "teachers" not in given and not resume and not qat:
+        raise FerEdgeError("--distill: needs --teacher (the run or model whose probabilities to distil)")
     if resume:
         refused = sorted(set(given) - {"out", "epochs", "data"}) + (["from"] if from_run else [])
         if refused:
@@ -141,6 +148,9 @@ def train(resume, qat, from_run, **kw):
             given["model"] = given.pop("arch")
         cfg = config.TrainConfig(overrides=overrides, augment=config.AugmentConfig(**augment), **given).validate()
         check_writable(cfg.out, "--out", folder=True)
+        from fer_edge.train.distill import check_teachers
+
+        check_teachers(cfg.teachers)
         from fer_edge.train import trainer  # TensorFlow loads only once the command line is known to be good
 
         run = trainer.train(cfg)
@@ -148,7 +158,8 @@ def train(resume, qat, from_run, **kw):
 
 
 def _flag(name: str) -> str:
-    return {"arch": "--arch", "no_se": "--no-se", "no_flip": "--no-flip"}.get(name, "--" + name.replace("_", "-"))
+    return {"arch": "--arch", "no_se": "--no-se", "no_flip": "--no-flip", "teachers": "--teacher"}.get(
+        name, "--" + name.replace("_", "-"))
 
 
 @click.command()

@@ -58,7 +58,9 @@ ARCHS = ("seresnet", "baseline")
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 # QAT starts from converged weights and only absorbs 8-bit rounding: a few epochs at a tenth of the
 # float recipe's learning rate, without warm-up, in float32 (bfloat16 would round the learned ranges).
-QAT_DEFAULTS = {"epochs": 5, "lr": 1e-4, "warmup_epochs": 0.0, "precision": "float32", "logical_cpus": 0}
+# It trains on hard labels: distillation shapes the float run, QAT only adapts it to 8 bits.
+QAT_DEFAULTS = {"epochs": 5, "lr": 1e-4, "warmup_epochs": 0.0, "precision": "float32", "logical_cpus": 0,
+                "teachers": [], "distill": 0.5}
 # What a QAT run may change of its float run: the schedule and the data draw, never the network.
 QAT_OVERRIDABLE = ("data", "epochs", "lr", "batch_size", "patience", "train_limit", "val_limit", "seed")
 
@@ -91,6 +93,10 @@ class TrainConfig:
     """Split the CPU into this many logical devices and mirror across them (tests the distributed path)."""
     qat_from: str | None = None
     """Quantization-aware fine-tuning of this finished float run's best weights (see train.qat)."""
+    teachers: list = field(default_factory=list)
+    """Runs, models or `ferplus` whose mean probabilities become soft targets (see train.distill)."""
+    distill: float = 0.5
+    """Weight of the teachers' probabilities in each training target (the label keeps the rest)."""
     extensions: list = field(default_factory=list)
     """Epoch-count changes made by `--resume --epochs N`: [{"after_epoch": e, "from": old, "to": N}].
     The cosine schedule is re-stretched to the new length from that step on."""
@@ -125,6 +131,7 @@ class TrainConfig:
         need(0 <= self.label_smoothing < 1, "--label-smoothing", self.label_smoothing, "give a value in [0, 1)")
         need(self.patience >= 1, "--patience", self.patience, "give at least 1 epoch")
         need(self.logical_cpus >= 0, "--logical-cpus", self.logical_cpus, "give 0 (off) or more")
+        need(0 < self.distill <= 1, "--distill", self.distill, "give a weight in (0, 1]")
         for flag, limit in (("--train-limit", self.train_limit), ("--val-limit", self.val_limit)):
             need(limit is None or limit >= 1, flag, limit, "give at least 1 image")
         a = self.augment

@@ -4,7 +4,8 @@ A run folder holds `config.json` (the TrainConfig as run, plus what the run meas
 itself), `state.json` (the epoch reached, early-stopping state, history), one TensorFlow
 checkpoint per finished epoch under `checkpoint/` (weights, optimizer state, schedule position),
 `best_weights.h5` (the epoch selected on PublicTest), `history.csv`, `curves.png`,
-`final_metrics.json` and, for QAT runs, `qat_model.h5`. Only this module spells those names.
+`final_metrics.json`, for QAT runs `qat_model.h5`, and for distilled runs `teacher_targets.npz`
+(the soft targets, computed once). Only this module spells those names.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ HISTORY = "history.csv"
 CURVES = "curves.png"
 FINAL_METRICS = "final_metrics.json"
 QAT_MODEL = "qat_model.h5"
+TEACHER_TARGETS = "teacher_targets.npz"
 # Two checkpoints are kept, so the one state.json names survives a kill while the next is saved.
 CHECKPOINTS_KEPT = 2
 

@@ -24,6 +24,7 @@ from fer_edge.train import run as runs
 from fer_edge.train.augment import augment_batch_fn
 from fer_edge.train.config import TrainConfig
 from fer_edge.train.data import FerDataset, load_dataset
+from fer_edge.train.distill import check_teachers, mix, teacher_targets
 from fer_edge.train.models import build_model, count_macs, model_config
 from fer_edge.train.tf_setup import tf
 
@@ -153,6 +154,7 @@ def write_history(run: Path, history: list[dict]) -> None:
 def train(cfg: TrainConfig, dataset: FerDataset | None = None) -> Path:
     """Start a new run in `cfg.out`; returns the run folder holding best weights and final metrics."""
     cfg.validate()
+    check_teachers(cfg.teachers)
     run = Path(cfg.out)
     if runs.has_state(run):
         raise FerEdgeError(f"--out: {run} already holds a run; pass --resume to continue it or choose a new folder")
@@ -207,9 +209,12 @@ def _fit(cfg: TrainConfig, state: dict, dataset: FerDataset | None, resumed: boo
     x_val, y_val = preprocess_faces(ds.images[va]), ds.labels[va].astype(np.int64)
 
     strategy = make_strategy(cfg.logical_cpus)  # first: logical devices must precede any TF context use
+    targets = one_hot(y_train)
+    if cfg.teachers:  # before the precision policy: teachers predict in float32
+        targets = mix(targets, teacher_targets(run, cfg.teachers, ds, tr), cfg.distill)
     precision = resolve_precision(cfg.precision)
     set_precision(precision)
-    train_ds, steps, digests = train_dataset(x_train, one_hot(y_train), y_train, cfg, state["epoch"])
+    train_ds, steps, digests = train_dataset(x_train, targets, y_train, cfg, state["epoch"])
     with strategy.scope():
         model = initial_model(cfg)
         optimizer = tf.keras.optimizers.Adam(learning_rate(cfg, steps))
