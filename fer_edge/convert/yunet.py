@@ -3,11 +3,11 @@
 libfacedetection (Shiqi Yu, BSD-3-Clause, <https://github.com/ShiqiYu/libfacedetection>) ships
 YuNet as C arrays in `src/facedetectcnn-data.cpp` and runs it with hand-written kernels. This
 rebuilds the same network in Keras from those arrays, as `src/facedetectcnn-model.cpp` wires it,
-and converts it to a float32 TFLite file that takes any input size (a multiple of 32), so the edge
-runtime can run it with LiteRT on a Pi. The file ships in `fer_edge/assets/detectors/`; this module
-is only needed to rebuild it:
+and converts it to a TFLite file that takes any input size (a multiple of 32), so the edge runtime
+can run it with LiteRT on a Pi. The file ships in `fer_edge/assets/detectors/`; this module is only
+needed to rebuild it:
 
-    python -m fer_edge.convert.yunet facedetectcnn-data.cpp fer_edge/assets/detectors/face_detection_yunet.tflite
+    python -m fer_edge.convert.yunet facedetectcnn-data.cpp fer_edge/assets/detectors/face_detection_yunet.tflite --int8
 
 Network (every convolution is either 1x1 point-wise or 3x3 depth-wise, batch norm folded in):
 the head is a 3x3 stride-2 convolution (libfacedetection feeds it as a 1x1 convolution on an
@@ -18,8 +18,12 @@ tip, mouth corners). The image is fed as its raw 0-255 values. libfacedetection 
 detects on gray frames, in which B = G = R, so the head's kernel is summed over the colour channels
 and the file takes one channel: the same numbers for gray images, for a third of the head's work.
 
-Outputs, one per stride 8, 16, 32: (1, H/s, W/s, 16) = class logit, objectness logit, 4 box
-numbers, 10 keypoint numbers (see `fer_edge/edge_runtime/yunet.py` for the decoding).
+Outputs, three per stride 8, 16, 32: (1, H/s, W/s, 2) class and objectness logits, (.., 4) box
+numbers and (.., 10) keypoint numbers (see `fer_edge/edge_runtime/yunet.py` for the decoding).
+
+The shipped file is built with `--int8`: weights and activations in int8 (float input and outputs),
+calibrated on fixed frames made from the shipped sample photo, so the build is reproducible. On
+`benchmarks/detection.py` it finds the faces the float32 build finds for ~0.6 of its CPU.
 """
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ from fer_edge import atomic
 from fer_edge.edge_runtime.yunet import STRIDES
 from fer_edge.errors import FerEdgeError
 
-HEADS = ("cls", "obj", "bbox", "kps")  # output channel order: 1 + 1 + 4 + 10
+HEADS = ("cls", "obj", "bbox", "kps")  # 1, 1, 4 and 10 channels
 _ARRAY = re.compile(r"float\s+(\w+)\s*\[([^\]]*)\]\s*=\s*\{([^}]*)\}", re.S)
 
 
@@ -109,22 +113,51 @@ def build_model(arrays: dict[str, np.ndarray]):
         if coarser is not None:
             x = layers.Add(name=f"neck_add{level}")([layers.UpSampling2D(2, name=f"neck_up{level}")(coarser), x])
         x = coarser = separable(x, f"neck__lateral_convs__{level}")
-        heads = [separable(x, f"bbox_head__multi_level_{head}__{level}", relu=False) for head in HEADS]
-        outputs[level] = layers.Concatenate(name=f"stride{STRIDES[level]}")(heads)
-    return tf.keras.Model(image, outputs, name="yunet")
+        cls, obj, box, kps = (separable(x, f"bbox_head__multi_level_{head}__{level}", relu=False) for head in HEADS)
+        # Three outputs a stride, not one: int8 gives each tensor one scale, and logits span ~20 units
+        # where box sizes need steps of ~0.02 (a concatenation left them 17% steps).
+        outputs[level] = [layers.Concatenate(name=f"stride{STRIDES[level]}_score")([cls, obj]), box, kps]
+    return tf.keras.Model(image, [t for level in outputs for t in level], name="yunet")
 
 
-def to_tflite(model) -> bytes:
+def calibration_frames(count: int = 64, size: int = 320):
+    """Gray frames for int8 calibration, the same on every build: the shipped astronaut photo's face
+    (with its hair and surroundings) pasted at 20-240 px onto face-free backgrounds, and the whole
+    photo, all fed as raw 0-255 values as the runtime feeds frames."""
+    import cv2
+
+    from fer_edge.edge_runtime.commands import SAMPLE_IMAGE
+    from fer_edge.edge_runtime.scenes import background, paste
+
+    photo = cv2.imread(str(SAMPLE_IMAGE), cv2.IMREAD_GRAYSCALE)
+    head = photo[20:240, 112:332]  # a square around the astronaut's head, hair and collar
+    rng = np.random.default_rng(0)
+    for n in range(count):
+        frame = cv2.resize(photo, (size, size), interpolation=cv2.INTER_AREA) if n % 8 == 0 else background(rng, size, size)
+        for _ in range(int(rng.integers(1, 4))):
+            side = int(np.exp(rng.uniform(np.log(20), np.log(240))))
+            x, y = (int(v) for v in rng.integers(0, size - side + 1, 2))
+            paste(frame, head, x, y, side, feather=0.2)
+        yield [frame[None, :, :, None].astype(np.float32)]
+
+
+def to_tflite(model, int8: bool = False) -> bytes:
+    """The float32 graph, or with `int8` weights and activations in int8 (float input and outputs kept,
+    so the runtime feeds and decodes both alike)."""
     from fer_edge.train.tf_setup import tf
 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if int8:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = calibration_frames
     return converter.convert()
 
 
 @click.command()
 @click.argument("weights", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
-def main(weights: Path, out: Path) -> None:
+@click.option("--int8", is_flag=True, help="Quantize weights and activations to int8 (the shipped file).")
+def main(weights: Path, out: Path, int8: bool) -> None:
     """Build OUT (.tflite) from libfacedetection's WEIGHTS (src/facedetectcnn-data.cpp)."""
     try:
         atomic.check_writable(out, "OUT")
@@ -133,7 +166,7 @@ def main(weights: Path, out: Path) -> None:
             model = build_model(arrays)
         except (KeyError, ValueError) as err:  # an array missing, or of another size than the network's
             raise FerEdgeError(f"{weights}: not the YuNet that facedetectcnn-model.cpp wires ({err})") from None
-        data = to_tflite(model)
+        data = to_tflite(model, int8)
         atomic.write_bytes(out, data)
     except FerEdgeError as err:
         raise click.ClickException(str(err)) from None

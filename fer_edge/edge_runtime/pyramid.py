@@ -82,8 +82,8 @@ class Runner:
 
     interpreter: object
     input: int
-    outputs: list[int]
-    """Output tensor indices, in the order the subclass's `_decode` expects."""
+    outputs: list
+    """Output tensor indices (or groups of them), in the order the subclass's `_decode` expects."""
     grid: object
     """The subclass's per-shape decoding constants (anchors, priors)."""
 

@@ -1,6 +1,6 @@
 """YuNet (libfacedetection's face detector), shipped as a TFLite file and run with LiteRT.
 
-`face_detection_yunet.tflite` is libfacedetection's published YuNet weights rebuilt as a TFLite
+`face_detection_yunet.tflite` is libfacedetection's published YuNet weights rebuilt as an int8 TFLite
 graph by `fer_edge/convert/yunet.py` (BSD-3-Clause, see `fer_edge/assets/detectors/SOURCE.md`).
 YuNet was trained on WIDER FACE, crowds of small faces included: it resolves faces from ~10 px of
 its input, which lets a frame be searched at half its size or less where BlazeFace short-range
@@ -24,6 +24,8 @@ from fer_edge.edge_runtime.errors import ModelError
 from fer_edge.edge_runtime.pyramid import PyramidDetector, PyramidModel, Runner
 
 STRIDES = (8, 16, 32)
+HEAD_CHANNELS = (2, 4, 10)
+"""Channels of the three output maps a stride: class and objectness logits, box, keypoints."""
 # libfacedetection's own candidate threshold is 0.2 (facedetectcnn-model.cpp); the face range and
 # box proportion are measured on FER2013 faces pasted into frames (benchmarks/detection.py).
 YUNET = PyramidModel("face_detection_yunet.tflite", 160, 0.2, 0.7, (32.0, 280.0), True, 0.92, multiple=32)
@@ -43,18 +45,22 @@ class YuNetDetector(PyramidDetector):
     def _check_model(self, interpreter) -> None:
         inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
         channels = int(inputs[0]["shape"][-1]) if len(inputs) == 1 else 0
-        if channels != 1 or len(outputs) != len(STRIDES) or any(int(d["shape"][-1]) != 16 for d in outputs):
+        maps = sorted(int(d["shape"][-1]) for d in outputs)
+        if channels != 1 or maps != sorted(HEAD_CHANNELS * len(STRIDES)):
             raise ModelError(f"{self._path} has {len(inputs)} input(s) of {channels} channel(s) and {len(outputs)} "
-                             f"output(s), not the one gray input and 3 maps of 16 channels of YuNet's "
-                             f"{self.model.file} (a YuNet ONNX file needs the .onnx suffix)")
+                             f"output(s), not the one gray input and the 2-, 4- and 10-channel maps a stride of "
+                             f"YuNet's {self.model.file} (a YuNet ONNX file needs the .onnx suffix)")
 
     def _runner_for(self, interpreter, index: int, shape: tuple[int, int]) -> Runner:
-        outputs = interpreter.get_output_details()
+        # Output indices grouped by head (scores, boxes, keypoints); each group's strides are told
+        # apart by map size once run (a dynamic-shape graph reports output shapes only then).
+        details = interpreter.get_output_details()
+        outputs = [[d["index"] for d in details if int(d["shape"][-1]) == c] for c in HEAD_CHANNELS]
         priors = []
         for stride in STRIDES:
             ys, xs = np.mgrid[0:shape[0] // stride, 0:shape[1] // stride]
             priors.append((np.stack([xs, ys], -1).reshape(-1, 2) * stride).astype(np.float32))
-        return Runner(interpreter, index, [d["index"] for d in outputs], priors)
+        return Runner(interpreter, index, outputs, priors)
 
     def _tensor(self, small: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         tensor = np.zeros((1, *shape, 1), np.float32)
@@ -63,18 +69,18 @@ class YuNetDetector(PyramidDetector):
 
     def _decode(self, runner: Runner, min_score: float):
         boxes, scores, keypoints = [], [], []
-        # Finest map (stride 8) first: a dynamic-shape graph reports output shapes only once run.
-        maps = sorted((runner.interpreter.get_tensor(i) for i in runner.outputs), key=lambda m: -m.size)
-        for raw, priors, stride in zip(maps, runner.grid, STRIDES):
-            raw = raw.reshape(-1, 16)
-            logits = np.clip(raw[:, :2], -88.0, 88.0)
+        # Finest map (stride 8) first in each head's group.
+        heads = [sorted((runner.interpreter.get_tensor(i) for i in group), key=lambda m: -m.size)
+                 for group in runner.outputs]
+        for logits, box, kps, priors, stride in zip(*heads, runner.grid, STRIDES):
+            logits = np.clip(logits.reshape(-1, 2), -88.0, 88.0)
             score = np.sqrt(1.0 / (1.0 + np.exp(-logits[:, 0])) / (1.0 + np.exp(-logits[:, 1])))
             keep = score >= min_score
-            raw, prior = raw[keep], priors[keep]
-            centre, side = prior + raw[:, 2:4] * stride, np.exp(np.clip(raw[:, 4:6], -10, 10)) * stride
+            box, kps, prior = box.reshape(-1, 4)[keep], kps.reshape(-1, 10)[keep], priors[keep]
+            centre, side = prior + box[:, 0:2] * stride, np.exp(np.clip(box[:, 2:4], -10, 10)) * stride
             boxes.append(np.concatenate([centre - side / 2, centre + side / 2], axis=1))
             scores.append(score[keep])
-            keypoints.append(prior[:, None, :] + raw[:, 6:16].reshape(-1, 5, 2) * stride)
+            keypoints.append(prior[:, None, :] + kps.reshape(-1, 5, 2) * stride)
         return np.concatenate(boxes), np.concatenate(scores), np.concatenate(keypoints)
 
     def _landmarks(self, keypoints: np.ndarray) -> np.ndarray:
