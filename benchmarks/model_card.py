@@ -86,6 +86,9 @@ def recipe(cfg: dict) -> str:
              f"cosine decay{' with %g warm-up epoch(s)' % cfg['warmup_epochs'] if cfg['warmup_epochs'] else ''}",
              f"label smoothing {cfg['label_smoothing']:g}", f"precision {cfg.get('precision_resolved', cfg['precision'])}",
              "augmentation: " + ", ".join(f"{k} {v}" for k, v in aug.items() if v)]
+    if cfg.get("teachers"):
+        parts.append(f"distilled: targets {1 - cfg['distill']:g} label + {cfg['distill']:g} mean flip-averaged "
+                     f"probabilities of " + ", ".join(f"`{t}`" for t in cfg["teachers"]))
     return "; ".join(parts)
 
 

@@ -83,9 +83,11 @@ def best_match(faces, truth: np.ndarray):
 @click.option("--seed", default=0, show_default=True)
 @click.option("--detector", "detector_name", type=click.Choice(sorted(DETECTORS)), default=DEFAULT_DETECTOR,
               show_default=True, help="Face detector whose boxes are cropped.")
+@click.option("--detector-model", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="The detector's model file [default: the one fer-edge ships].")
 @click.option("--min-face", default=64, show_default=True,
               help="Smallest face the detector searches for (px); the faces are 120 px, so coarse scales suffice.")
-def main(data, n_faces, angles, seed, detector_name, min_face):
+def main(data, n_faces, angles, seed, detector_name, detector_model, min_face):
     """Accuracy on tilted faces with and without upright crops."""
     cv2.setNumThreads(1)
     fer = np.load(data)
@@ -96,7 +98,7 @@ def main(data, n_faces, angles, seed, detector_name, min_face):
     direct = classifier.classify(faces).argmax(1)
     click.echo(f"{len(faces)} PrivateTest faces; shipped model on the original 48x48 faces: "
                f"accuracy {np.mean(direct == labels):.3f}")
-    detector = DetectOnce(create_detector(detector_name, min_face=min_face, num_threads=1))
+    detector = DetectOnce(create_detector(detector_name, detector_model, min_face=min_face, num_threads=1))
     pipelines = {align: EmotionPipeline(classifier, detector, PipelineOptions(align=align)) for align in (False, True)}
     click.echo(f"{'angle':>5} {'found':>7} {'acc off':>7} {'acc on':>7} {'agree off':>9} {'agree on':>8} "
                f"{'crop ms off (mean/median)':>25} {'crop ms on (mean/median)':>24}")

@@ -104,3 +104,19 @@ def test_ferplus_teacher_needs_votes(tmp_path):
     np.savez(data, images=images, labels=labels, usage=np.array(["Training", "PublicTest"] * 105))
     result = run_cli("train", "--data", data, *FAST, "--teacher", "ferplus", "--out", tmp_path / "run", expect=1)
     assert "--teacher ferplus:" in result.output and "has no ferplus_votes" in result.output
+
+
+def test_evaluate_scores_several_models_as_their_mean(voted_data, teacher, tmp_path):
+    from fer_edge.train.evaluate import compute_metrics
+
+    other = tmp_path / "other"
+    run_cli("train", "--data", voted_data, *FAST, "--seed", "1", "--out", other)
+    ds = load_dataset(voted_data)
+    idx = ds.indices("PrivateTest")
+    mean = np.mean([load_predictor(str(r))(ds.images[idx]) for r in (teacher, other)], axis=0)
+    expected = compute_metrics(ds.labels[idx].astype(np.int64), mean)
+    out = run_cli("evaluate", teacher, other, "--data", voted_data, "--out", tmp_path / "eval").output
+    assert out.startswith(f"ensemble of 2: PrivateTest: accuracy {expected['accuracy']:.4f}")
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["models"] == 2
+    refused = run_cli("evaluate", teacher, other, "--data", voted_data, "--calibration", "ferplus", expect=1).output
+    assert "--calibration: applies to one .tflite model, not an ensemble" in refused

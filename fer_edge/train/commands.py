@@ -163,7 +163,7 @@ def _flag(name: str) -> str:
 
 
 @click.command()
-@click.argument("model", type=click.Path())
+@click.argument("model", nargs=-1, required=True, type=click.Path())
 @click.option("--data", "data_path", type=click.Path(), help=DATA_HELP)
 @click.option("--split", type=click.Choice(SPLITS), default="PrivateTest", show_default=True)
 @click.option("--out", type=click.Path(), help="Folder for metrics.json, the report and confusion matrices.")
@@ -173,14 +173,17 @@ def _flag(name: str) -> str:
 @click.option("--calibration", default="none", show_default=True, metavar="NAME",
               help="A .tflite's calibration stored beside it by `fer-edge calibrate` (e.g. ferplus, neutral).")
 def evaluate(model, data_path, split, out, tta, limit, calibration):
-    """Evaluate a run folder, Keras model or .tflite (float or int8) on a split."""
+    """Evaluate a run folder, Keras model or .tflite (float or int8) on a split.
+
+    Several MODELs are scored as an ensemble: the mean of their probabilities (e.g. the teachers
+    of `train --teacher`)."""
     from fer_edge.train.data import load_dataset
     from fer_edge.train.evaluate import evaluate_split, summary_line
 
     if out:
         check_writable(out, "--out", folder=True)  # before the model and data load
-    metrics = evaluate_split(model, load_dataset(data_path), split, out_dir=out, tta_flip=tta == "flip", limit=limit,
-                             calibration=calibration)
+    metrics = evaluate_split(model[0] if len(model) == 1 else list(model), load_dataset(data_path), split, out_dir=out,
+                             tta_flip=tta == "flip", limit=limit, calibration=calibration)
     click.echo(summary_line(metrics))
     click.echo(" ".join(f"{c} R={m['recall']:.2f}" for c, m in metrics["per_class"].items()))
     if "ferplus" in metrics:

@@ -102,7 +102,10 @@ def write_report(metrics: dict, labels: np.ndarray, probs: np.ndarray, out_dir: 
 
 def evaluate_split(model, ds: FerDataset, split: str, out_dir: Path | None = None, tta_flip: bool = False,
                    limit: int | None = None, calibration: str = "none") -> dict:
-    """Metrics of `model` on one split (optionally a stratified subset), with the report files."""
+    """Metrics of `model` on one split (optionally a stratified subset), with the report files.
+
+    `model` may be a list: the models' mean probabilities are scored, as an ensemble (e.g. the
+    teachers of a distilled run)."""
     idx = ds.subset(split, limit) if limit else ds.indices(split)
     if len(idx) == 0:
         raise FerEdgeError(f"--split: {split} is empty in {ds.source}")
@@ -110,8 +113,12 @@ def evaluate_split(model, ds: FerDataset, split: str, out_dir: Path | None = Non
     leaked = ds.leaked(split)
     if leaked is not None and limit:
         leaked = leaked[np.searchsorted(ds.indices(split), idx)]
-    probs = predict_probs(load_predictor(model, calibration, tta_flip), images)
-    metrics = {"split": split, "tta_flip": tta_flip, "calibration": calibration, **compute_metrics(labels, probs, leaked)}
+    models = list(model) if isinstance(model, (list, tuple)) else [model]
+    if calibration != "none" and len(models) > 1:
+        raise FerEdgeError("--calibration: applies to one .tflite model, not an ensemble")
+    probs = np.mean([predict_probs(load_predictor(m, calibration, tta_flip), images) for m in models], axis=0)
+    metrics = {"split": split, "tta_flip": tta_flip, "calibration": calibration, "models": len(models),
+               **compute_metrics(labels, probs, leaked)}
     if ds.ferplus_votes is not None and ds.ferplus_votes[idx].any():
         metrics["ferplus"] = ferplus_metrics(ds.ferplus_votes[idx], probs)
     if out_dir is not None:
@@ -120,8 +127,9 @@ def evaluate_split(model, ds: FerDataset, split: str, out_dir: Path | None = Non
 
 
 def summary_line(metrics: dict) -> str:
-    line = (f"{metrics['split']}: accuracy {metrics['accuracy']:.4f}  weighted F1 {metrics['f1_weighted']:.4f}  "
-            f"macro F1 {metrics['f1_macro']:.4f}  ({metrics['images']} images)")
+    line = f"ensemble of {metrics['models']}: " if metrics.get("models", 1) > 1 else ""
+    line += (f"{metrics['split']}: accuracy {metrics['accuracy']:.4f}  weighted F1 {metrics['f1_weighted']:.4f}  "
+             f"macro F1 {metrics['f1_macro']:.4f}  ({metrics['images']} images)")
     if "leakage_free" in metrics:
         line += f"  leakage-free accuracy {metrics['leakage_free']['accuracy']:.4f}"
     return line
