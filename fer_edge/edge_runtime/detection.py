@@ -5,10 +5,10 @@
   `benchmarks/detection.py`: at every face size it found more faces than full-range, for less CPU.
 - `blazeface-full`: BlazeFace full-range (made for faces within ~5 m in one 192x192 view), tiled
   over the same pyramid; its graph takes only 192x192 inputs, so tiles make it costly.
-- `yunet`: libfacedetection's YuNet (trained on WIDER FACE), rebuilt as a TFLite file that ships
-  with fer-edge (see `yunet.py`), on the same pyramid: 3-3.6x less CPU than `blazeface-short` on
-  the benchmark, for fewer 24-39 px faces found in frames of 1280x720 and larger. A YuNet ONNX file
-  you give runs in OpenCV's `cv2.FaceDetectorYN` instead.
+- `yunet`: libfacedetection's YuNet (trained on WIDER FACE), rebuilt as an int8 TFLite file that
+  ships with fer-edge (see `yunet.py`), on the same pyramid: about a fifth of `blazeface-short`'s
+  CPU on the benchmark for as many faces found, though its crops suit the emotion model slightly
+  less. A YuNet ONNX file you give runs in OpenCV's `cv2.FaceDetectorYN` instead.
 - `haar`: OpenCV's bundled frontal-face Haar cascade (no model file; slow on large frames).
 
 Every detector finds faces of `min_face` pixels or more whatever the frame size. The BlazeFace and
