@@ -149,7 +149,7 @@ CASES = {
     "predict-haar-cascade-not-xml": lambda t: (["predict", "x.jpg", "--detector", "haar", "--detector-model",
                                                 random_bytes(t / "c.xml")], "c.xml: not an OpenCV cascade"),
     "predict-yunet-model-is-emotion-model": lambda t: (["predict", "x.jpg", "--detector", "yunet", "--detector-model",
-                                                       SHIPPED_MODEL], "not the one gray input and 3 maps"),
+                                                       SHIPPED_MODEL], "not the one gray input and the 2-, 4- and 10-channel maps"),
     "predict-threads-huge": lambda t: (["predict", "x.jpg", "--threads", "100000"], "--threads"),
     "predict-corrupt-model": lambda t: (["predict", "x.jpg", "--model", truncated(SHIPPED_MODEL, t / "m.tflite", 0.5)], "m.tflite"),
     # train: the numeric options and the run folder, all refused before anything is written
