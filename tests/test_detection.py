@@ -11,7 +11,7 @@ import pytest
 
 from fer_edge.edge_runtime.blazeface import FULL_RANGE, SHORT_RANGE, ssd_anchors
 from fer_edge.edge_runtime.pyramid import DETECTOR_ASSETS
-from fer_edge.edge_runtime.detection import create_detector, iou, weighted_nms
+from fer_edge.edge_runtime.detection import Detection, create_detector, drop_nested, iou, weighted_nms
 from fer_edge.edge_runtime.errors import ModelError
 from fer_edge.edge_runtime.interpreter import make_interpreter
 from fer_edge.edge_runtime.scenes import background, paste
@@ -165,3 +165,11 @@ def test_yunet_weights_are_read_from_libfacedetection_source(tmp_path):
     other.write_text("int main() { return 0; }\n")
     with pytest.raises(FerEdgeError, match="other.cpp: no YuNet weight arrays"):
         read_weights(other)
+
+
+def test_a_face_seen_whole_and_in_part_keeps_one_box():
+    whole, lower_half = Detection((100, 100, 160, 200), 0.8), Detection((110, 190, 120, 110), 0.9)
+    neighbour = Detection((230, 120, 150, 150), 0.75)  # overlaps `whole` by a fifth of its area: another face
+    kept = drop_nested([whole, lower_half, neighbour])
+    assert kept == [lower_half, neighbour]
+    assert drop_nested([whole, neighbour]) == [whole, neighbour]

@@ -83,6 +83,23 @@ def weighted_nms(boxes: np.ndarray, scores: np.ndarray, keypoints: np.ndarray, t
     return detections
 
 
+def drop_nested(detections: list[Detection], inside: float = 0.6) -> list[Detection]:
+    """Of two detections one of which lies mostly (`inside` of its area) within the other, keep the
+    higher-scoring: one face seen both whole and in part (its lower half as a small face, or a box
+    stretched over the brow) overlaps too little for NMS to merge, and faces do not hold faces."""
+    kept: list[Detection] = []
+    for d in sorted(detections, key=lambda d: -d.score):
+        x, y, w, h = d.box
+        nested = False
+        for k in kept:
+            kx, ky, kw, kh = k.box
+            overlap = max(0, min(x + w, kx + kw) - max(x, kx)) * max(0, min(y + h, ky + kh) - max(y, ky))
+            nested |= overlap >= inside * min(w * h, kw * kh)
+        if not nested:
+            kept.append(d)
+    return kept
+
+
 # name -> (module, class); imported on use so `fer-edge --help` needs neither OpenCV nor LiteRT.
 DETECTORS = {
     "blazeface-full": ("fer_edge.edge_runtime.blazeface", "BlazeFaceFullDetector"),

@@ -3,8 +3,9 @@
 What the BlazeFace and YuNet detectors share: a frame is searched on the windows `search.py` lays
 out so that faces of `min_face` pixels are resolved whatever the frame size; each pyramid level
 keeps only the faces of the sizes it resolves; candidates need a face's keypoint geometry; one
-weighted NMS merges them across levels; and each survivor is looked at again at the model's most
-familiar scale, whose score must reach a threshold calibrated on face-free photographs. A
+weighted NMS merges them across levels; each survivor is looked at again at the model's most
+familiar scale, whose score must reach a threshold calibrated on face-free photographs; and of a
+face found both whole and in part, one box stays. A
 subclass says how pixels go into its input tensor and how its outputs decode.
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_edge.edge_runtime.detection import DEFAULT_MIN_FACE, Detection, iou, weighted_nms
+from fer_edge.edge_runtime.detection import DEFAULT_MIN_FACE, Detection, drop_nested, iou, weighted_nms
 from fer_edge.edge_runtime.errors import ModelError
 from fer_edge.edge_runtime.interpreter import make_interpreter
 from fer_edge.edge_runtime.search import Window, search_windows
@@ -168,10 +169,9 @@ class PyramidDetector:
         if self.check_keypoints:
             keep &= plausible(boxes, self._landmarks(keypoints))
         candidates = weighted_nms(boxes[keep], scores[keep], keypoints[keep], self.NMS_IOU)
-        if not self.verify:
-            return [d for d in candidates if d.score >= self.min_score]
-        verified = [replace(d, score=self._verify(gray, d)) for d in candidates]
-        return [d for d in verified if d.score >= self.min_score]
+        if self.verify:
+            candidates = [replace(d, score=self._verify(gray, d)) for d in candidates]
+        return drop_nested([d for d in candidates if d.score >= self.min_score])
 
     def _in_range(self, boxes: np.ndarray, scores: np.ndarray, keypoints: np.ndarray, scale: float):
         """Only the candidates a pyramid level is responsible for: faces whose side in the model's
