@@ -120,3 +120,5 @@ def test_evaluate_scores_several_models_as_their_mean(voted_data, teacher, tmp_p
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["models"] == 2
     refused = run_cli("evaluate", teacher, other, "--data", voted_data, "--calibration", "ferplus", expect=1).output
     assert "--calibration: applies to one .tflite model, not an ensemble" in refused
+    missing = run_cli("evaluate", teacher, tmp_path / "no-such-run", "--data", voted_data, expect=1).output
+    assert "no-such-run: no such model file or run folder" in missing

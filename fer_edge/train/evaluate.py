@@ -116,7 +116,9 @@ def evaluate_split(model, ds: FerDataset, split: str, out_dir: Path | None = Non
     models = list(model) if isinstance(model, (list, tuple)) else [model]
     if calibration != "none" and len(models) > 1:
         raise FerEdgeError("--calibration: applies to one .tflite model, not an ensemble")
-    probs = np.mean([predict_probs(load_predictor(m, calibration, tta_flip), images) for m in models], axis=0)
+    # Every model loads before any predicts: a bad last path fails in seconds, not after the others ran.
+    predictors = [load_predictor(m, calibration, tta_flip) for m in models]
+    probs = np.mean([predict_probs(predictor, images) for predictor in predictors], axis=0)
     metrics = {"split": split, "tta_flip": tta_flip, "calibration": calibration, "models": len(models),
                **compute_metrics(labels, probs, leaked)}
     if ds.ferplus_votes is not None and ds.ferplus_votes[idx].any():
