@@ -1,6 +1,6 @@
 """Upright crops: does turning tilted faces upright by their eye line (`PipelineOptions.align`) help?
 
-Faces: FER2013 PrivateTest crops (FER+ "not a face" majorities and blank images left out, as in
+Faces: FER2013 PrivateTest crops (or `--split PublicTest`, the split to tune crop settings on) (FER+ "not a face" majorities and blank images left out, as in
 `detection.py`), padded by reflection, upscaled so the face is 120 px, rotated about its centre by
 each angle (border reflected: no black corners), and pasted with a feathered edge at a random place
 on a synthetic 320x240 background (`scenes.background`), one face a frame. Each face keeps its
@@ -13,6 +13,7 @@ stage, wall clock: mean and median).
 
     python benchmarks/upright.py
     python benchmarks/upright.py --faces 200 --angles 0,20,45
+    python benchmarks/upright.py --detector yunet --split PublicTest --margin=-0.06,0,0.06
 """
 from __future__ import annotations
 
@@ -78,7 +79,9 @@ def best_match(faces, truth: np.ndarray):
 @click.command()
 @click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=default_data_path(),
               show_default=True, help="FER2013 npz.")
-@click.option("--faces", "n_faces", default=600, show_default=True, help="PrivateTest faces, drawn at random.")
+@click.option("--split", type=click.Choice(["PublicTest", "PrivateTest"]), default="PrivateTest", show_default=True,
+              help="FER2013 split the faces come from; tune crop settings on PublicTest, report on PrivateTest.")
+@click.option("--faces", "n_faces", default=600, show_default=True, help="Faces of the split, drawn at random.")
 @click.option("--angles", default="0,-15,15,-30,30", show_default=True, help="Comma-separated tilts in degrees.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--detector", "detector_name", type=click.Choice(sorted(DETECTORS)), default=DEFAULT_DETECTOR,
@@ -87,22 +90,33 @@ def best_match(faces, truth: np.ndarray):
               help="The detector's model file [default: the one fer-edge ships].")
 @click.option("--min-face", default=64, show_default=True,
               help="Smallest face the detector searches for (px); the faces are 120 px, so coarse scales suffice.")
-def main(data, n_faces, angles, seed, detector_name, detector_model, min_face):
+@click.option("--margin", "margins", default=None,
+              help="Comma-separated crop margins to compare (fractions of the box side) [default: the detector's own].")
+def main(data, split, n_faces, angles, seed, detector_name, detector_model, min_face, margins):
     """Accuracy on tilted faces with and without upright crops."""
     cv2.setNumThreads(1)
     fer = np.load(data)
-    keep = face_mask(fer, "PrivateTest")
+    keep = face_mask(fer, split)
     pick = np.random.default_rng(seed).choice(int(keep.sum()), size=min(n_faces, int(keep.sum())), replace=False)
     faces, labels = fer["images"][keep][pick], fer["labels"][keep][pick]
     classifier = EmotionClassifier(ClassifierOptions(SHIPPED_MODEL, num_threads=1))
     direct = classifier.classify(faces).argmax(1)
-    click.echo(f"{len(faces)} PrivateTest faces; shipped model on the original 48x48 faces: "
+    click.echo(f"{len(faces)} {split} faces; shipped model on the original 48x48 faces: "
                f"accuracy {np.mean(direct == labels):.3f}")
     detector = DetectOnce(create_detector(detector_name, detector_model, min_face=min_face, num_threads=1))
-    pipelines = {align: EmotionPipeline(classifier, detector, PipelineOptions(align=align)) for align in (False, True)}
+    for margin in [None] if margins is None else [float(m) for m in margins.split(",")]:
+        if margins is not None:
+            click.echo(f"crop margin {margin:g}")
+        options = {align: PipelineOptions(align=align, margin=margin) for align in (False, True)}
+        report(faces, labels, direct, [float(a) for a in angles.split(",")], seed,
+               {align: EmotionPipeline(classifier, detector, o) for align, o in options.items()})
+
+
+def report(faces, labels, direct, angles, seed, pipelines) -> None:
+    """One row per angle for the align-off and align-on pipelines."""
     click.echo(f"{'angle':>5} {'found':>7} {'acc off':>7} {'acc on':>7} {'agree off':>9} {'agree on':>8} "
                f"{'crop ms off (mean/median)':>25} {'crop ms on (mean/median)':>24}")
-    for angle in (float(a) for a in angles.split(",")):
+    for angle in angles:
         found, correct, agree, ms = 0, {False: 0, True: 0}, {False: 0, True: 0}, {False: [], True: []}
         for index, face in enumerate(faces):
             image, truth = tilted_frame(face, angle, np.random.default_rng([seed, index]))

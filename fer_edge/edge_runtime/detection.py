@@ -1,14 +1,16 @@
 """Face detectors behind one small interface: `detect(gray) -> list[Detection]`.
 
-- `blazeface-short` (default): MediaPipe's BlazeFace short-range, run fully convolutionally over an
-  image pyramid (see `pyramid.py`), so it finds distant faces too. It was chosen on
-  `benchmarks/detection.py`: at every face size it found more faces than full-range, for less CPU.
+- `yunet` (default): libfacedetection's YuNet (trained on WIDER FACE, crowds of small faces
+  included), rebuilt as an int8 TFLite file that ships with fer-edge (see `yunet.py`), run fully
+  convolutionally over an image pyramid (see `pyramid.py`), so it finds distant faces too. Chosen
+  on the benchmarks: as many faces or more than `blazeface-short` on `benchmarks/detection.py`, the
+  face in every frame of `benchmarks/edge_latency.py`'s videos where `blazeface-short` found it in
+  70-75%, for about a fifth of the CPU. A YuNet ONNX file you give runs in OpenCV's
+  `cv2.FaceDetectorYN` instead.
+- `blazeface-short`: MediaPipe's BlazeFace short-range, on the same pyramid. Its crops suit the
+  emotion model slightly better on tilted faces (`benchmarks/upright.py`), for ~5x the CPU.
 - `blazeface-full`: BlazeFace full-range (made for faces within ~5 m in one 192x192 view), tiled
   over the same pyramid; its graph takes only 192x192 inputs, so tiles make it costly.
-- `yunet`: libfacedetection's YuNet (trained on WIDER FACE), rebuilt as an int8 TFLite file that
-  ships with fer-edge (see `yunet.py`), on the same pyramid: about a fifth of `blazeface-short`'s
-  CPU on the benchmark for as many faces found, though its crops suit the emotion model slightly
-  less. A YuNet ONNX file you give runs in OpenCV's `cv2.FaceDetectorYN` instead.
 - `haar`: OpenCV's bundled frontal-face Haar cascade (no model file; slow on large frames).
 
 Every detector finds faces of `min_face` pixels or more whatever the frame size. The BlazeFace and
@@ -23,7 +25,7 @@ from typing import Protocol
 
 import numpy as np
 
-DEFAULT_DETECTOR = "blazeface-short"
+DEFAULT_DETECTOR = "yunet"
 DEFAULT_MIN_FACE = 24
 """Smallest face, in frame pixels, detectors are set to find unless told otherwise."""
 
