@@ -5,10 +5,11 @@
   convolutionally over an image pyramid (see `pyramid.py`), so it finds distant faces too. Chosen
   on the benchmarks: as many faces or more than `blazeface-short` on `benchmarks/detection.py`, the
   face in every frame of `benchmarks/edge_latency.py`'s videos where `blazeface-short` found it in
-  70-75%, for about a fifth of the CPU. A YuNet ONNX file you give runs in OpenCV's
-  `cv2.FaceDetectorYN` instead.
-- `blazeface-short`: MediaPipe's BlazeFace short-range, on the same pyramid. Its crops suit the
-  emotion model slightly better on tilted faces (`benchmarks/upright.py`), for ~5x the CPU.
+  70-75%, for about a fifth of the CPU. Its weakness is tilted heads: `benchmarks/upright.py`
+  found 60% as many faces tilted 30 degrees as `blazeface-short`. A YuNet ONNX file you give runs
+  in OpenCV's `cv2.FaceDetectorYN` instead.
+- `blazeface-short`: MediaPipe's BlazeFace short-range, on the same pyramid. It finds more tilted
+  faces and its crops suit the emotion model slightly better there, for ~5x the CPU.
 - `blazeface-full`: BlazeFace full-range (made for faces within ~5 m in one 192x192 view), tiled
   over the same pyramid; its graph takes only 192x192 inputs, so tiles make it costly.
 - `haar`: OpenCV's bundled frontal-face Haar cascade (no model file; slow on large frames).
