@@ -1,8 +1,9 @@
 """Upright crops: does turning tilted faces upright by their eye line (`PipelineOptions.align`) help?
 
 Faces: FER2013 PrivateTest crops (`--split PublicTest` to tune crop settings such as `--margin`;
-FER+ "not a face" majorities and blank images left out, as in `detection.py`), padded by reflection, upscaled so the face is 120 px, rotated about its centre by
-each angle (border reflected: no black corners), and pasted with a feathered edge at a random place
+FER+ "not a face" majorities and blank images left out, as in `detection.py`), padded by
+reflection, upscaled so the face is 120 px, rotated about its centre by each angle (border
+reflected: no black corners), and pasted with a feathered edge at a random place
 on a synthetic 320x240 background (`scenes.background`), one face a frame. Each face keeps its
 background and place at every angle, so the angles differ in the tilt alone. The real
 EmotionPipeline (shipped model, default detector, one thread) runs on every frame with align off
