@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -56,6 +57,23 @@ def test_student_trains_on_the_teachers_flip_averaged_probabilities(voted_data, 
     extended = run_cli("train", "--resume", "--epochs", "2", "--out", student)
     assert "teacher 1/1" not in extended.output
     assert json.loads((student / runs.STATE).read_text())["epoch"] == 2
+
+
+def test_qat_of_a_student_trains_on_its_saved_targets_without_the_teachers(voted_data, tmp_path):
+    teacher, student, qat = tmp_path / "teacher", tmp_path / "student", tmp_path / "qat"
+    run_cli("train", "--data", voted_data, *FAST, "--out", teacher)
+    run_cli("train", "--data", voted_data, *FAST, "--teacher", teacher, "--distill", "0.3", "--out", student)
+    shutil.rmtree(teacher)  # the QAT run reads the student's targets; the teachers need not exist
+    result = run_cli("train", "--qat", "--from", student, "--epochs", "1", "--train-limit", "70", "--out", qat)
+    assert "teacher 1/1" not in result.output
+    config = json.loads((qat / runs.CONFIG).read_text())
+    assert config["teachers"] == [str(teacher)] and config["distill"] == 0.3 and config["qat_from"] == str(student)
+    float_targets, qat_targets = np.load(student / runs.TEACHER_TARGETS), np.load(qat / runs.TEACHER_TARGETS)
+    assert 0 < len(qat_targets["indices"]) < len(float_targets["indices"])
+    rows = np.searchsorted(float_targets["indices"], qat_targets["indices"])
+    np.testing.assert_array_equal(float_targets["indices"][rows], qat_targets["indices"])
+    np.testing.assert_array_equal(qat_targets["probs"], float_targets["probs"][rows])
+    assert (qat / runs.QAT_MODEL).exists()
 
 
 def test_ferplus_teacher_gives_vote_shares_and_keeps_the_label_without_votes(voted_data, tmp_path):

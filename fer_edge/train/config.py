@@ -58,9 +58,8 @@ ARCHS = ("seresnet", "baseline")
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 # QAT starts from converged weights and only absorbs 8-bit rounding: a few epochs at a tenth of the
 # float recipe's learning rate, without warm-up, in float32 (bfloat16 would round the learned ranges).
-# It trains on hard labels: distillation shapes the float run, QAT only adapts it to 8 bits.
-QAT_DEFAULTS = {"epochs": 5, "lr": 1e-4, "warmup_epochs": 0.0, "precision": "float32", "logical_cpus": 0,
-                "teachers": [], "distill": 0.5}
+# A distilled float run's QAT keeps its teachers' targets (see train.distill).
+QAT_DEFAULTS = {"epochs": 5, "lr": 1e-4, "warmup_epochs": 0.0, "precision": "float32", "logical_cpus": 0}
 # What a QAT run may change of its float run: the schedule and the data draw, never the network.
 QAT_OVERRIDABLE = ("data", "epochs", "lr", "batch_size", "patience", "train_limit", "val_limit", "seed")
 

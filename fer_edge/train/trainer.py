@@ -154,7 +154,8 @@ def write_history(run: Path, history: list[dict]) -> None:
 def train(cfg: TrainConfig, dataset: FerDataset | None = None) -> Path:
     """Start a new run in `cfg.out`; returns the run folder holding best weights and final metrics."""
     cfg.validate()
-    check_teachers(cfg.teachers)
+    if not cfg.qat_from:  # a QAT run takes its float run's saved targets, not the teachers themselves
+        check_teachers(cfg.teachers)
     run = Path(cfg.out)
     if runs.has_state(run):
         raise FerEdgeError(f"--out: {run} already holds a run; pass --resume to continue it or choose a new folder")
@@ -211,7 +212,7 @@ def _fit(cfg: TrainConfig, state: dict, dataset: FerDataset | None, resumed: boo
     strategy = make_strategy(cfg.logical_cpus)  # first: logical devices must precede any TF context use
     targets = one_hot(y_train)
     if cfg.teachers:  # before the precision policy: teachers predict in float32
-        targets = mix(targets, teacher_targets(run, cfg.teachers, ds, tr), cfg.distill)
+        targets = mix(targets, teacher_targets(run, cfg.teachers, ds, tr, cfg.qat_from), cfg.distill)
     precision = resolve_precision(cfg.precision)
     set_precision(precision)
     train_ds, steps, digests = train_dataset(x_train, targets, y_train, cfg, state["epoch"])
