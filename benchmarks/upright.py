@@ -105,41 +105,46 @@ def main(data, split, n_faces, angles, seed, detector_name, detector_model, min_
     click.echo(f"{len(faces)} {split} faces; shipped model on the original 48x48 faces: "
                f"accuracy {np.mean(direct == labels):.3f}")
     detector = DetectOnce(create_detector(detector_name, detector_model, min_face=min_face, num_threads=1))
-    for margin in [None] if margins is None else [float(m) for m in margins.split(",")]:
-        if margins is not None:
-            click.echo(f"crop margin {margin:g}")
-        options = {align: PipelineOptions(align=align, margin=margin) for align in (False, True)}
-        report(faces, labels, direct, [float(a) for a in angles.split(",")], seed,
-               {align: EmotionPipeline(classifier, detector, o) for align, o in options.items()})
+    report(faces, labels, direct, [float(a) for a in angles.split(",")], seed, {
+        (margin, align): EmotionPipeline(classifier, detector, PipelineOptions(align=align, margin=margin))
+        for margin in ([None] if margins is None else [float(m) for m in margins.split(",")]) for align in (False, True)})
 
 
 def report(faces, labels, direct, angles, seed, pipelines) -> None:
-    """One row per angle for the align-off and align-on pipelines."""
-    click.echo(f"{'angle':>5} {'found':>7} {'acc off':>7} {'acc on':>7} {'agree off':>9} {'agree on':>8} "
-               f"{'crop ms off (mean/median)':>25} {'crop ms on (mean/median)':>24}")
+    """One row per angle (and crop margin) for the align-off and align-on pipelines, keyed by
+    (margin, align); all of them crop the same detections of each frame."""
+    margins = list(dict.fromkeys(margin for margin, _ in pipelines))
+    column = lambda margin: "" if margins == [None] else f"{margin:>7}"  # noqa: E731
+    click.echo(f"{'angle':>5}{column('margin')} {'found':>7} {'acc off':>7} {'acc on':>7} "
+               f"{'agree off':>9} {'agree on':>8} {'crop ms off (mean/median)':>25} {'crop ms on (mean/median)':>24}")
     for angle in angles:
-        found, correct, agree, ms = 0, {False: 0, True: 0}, {False: 0, True: 0}, {False: [], True: []}
+        found = dict.fromkeys(margins, 0)
+        correct, agree, ms = ({key: 0 for key in pipelines}, {key: 0 for key in pipelines},
+                              {key: [] for key in pipelines})
         for index, face in enumerate(faces):
             image, truth = tilted_frame(face, angle, np.random.default_rng([seed, index]))
             matched = {}
-            for align, pipeline in pipelines.items():
+            for key, pipeline in pipelines.items():
                 pipeline.reset()
                 result = pipeline.process(image)
-                matched[align] = best_match(result.faces, truth)
+                matched[key] = best_match(result.faces, truth)
                 if result.faces:
-                    ms[align].append(result.timings_ms["preprocess"] / len(result.faces))
-            if matched[False] is None or matched[True] is None:
-                continue
-            found += 1
-            for align, match in matched.items():
-                label = spec.CLASS_NAMES.index(match.label)
-                correct[align] += label == labels[index]
-                agree[align] += label == direct[index]
-        rate = lambda count: count / max(found, 1)  # noqa: E731
+                    ms[key].append(result.timings_ms["preprocess"] / len(result.faces))
+            for margin in margins:
+                pair = {align: matched[(margin, align)] for align in (False, True)}
+                if None in pair.values():
+                    continue
+                found[margin] += 1
+                for align, match in pair.items():
+                    label = spec.CLASS_NAMES.index(match.label)
+                    correct[(margin, align)] += label == labels[index]
+                    agree[(margin, align)] += label == direct[index]
         timing = lambda values: f"{np.mean(values):.3f} / {np.median(values):.3f}"  # noqa: E731
-        click.echo(f"{angle:>5g} {found:>3}/{len(faces):<3} {rate(correct[False]):7.3f} {rate(correct[True]):7.3f} "
-                   f"{rate(agree[False]):9.3f} {rate(agree[True]):8.3f} {timing(ms[False]):>25} {timing(ms[True]):>24}")
-
+        for margin in margins:
+            rate = lambda counts, align: counts[(margin, align)] / max(found[margin], 1)  # noqa: E731
+            click.echo(f"{angle:>5g}{column(margin)} {found[margin]:>3}/{len(faces):<3} {rate(correct, False):7.3f} "
+                       f"{rate(correct, True):7.3f} {rate(agree, False):9.3f} {rate(agree, True):8.3f} "
+                       f"{timing(ms[(margin, False)]):>25} {timing(ms[(margin, True)]):>24}")
 
 if __name__ == "__main__":
     main()
