@@ -92,6 +92,13 @@ def recipe(cfg: dict) -> str:
     return "; ".join(parts)
 
 
+def distill_flags(cfg: dict) -> str:
+    """The `train` flags that repeat a run's distillation, if it had teachers."""
+    if not cfg.get("teachers"):
+        return ""
+    return "".join(f" --teacher {t}" for t in cfg["teachers"]) + f" --distill {cfg['distill']:g}"
+
+
 def run_state(run: Path) -> dict:
     return runs.read_state(run)
 
@@ -234,7 +241,7 @@ def main(float_run, qat_run, baseline_run, ptq_path, data_path, peer_path, out, 
     # Whether more epochs of the same recipe could help: only while PublicTest was still rising.
     lever = (f"PublicTest was still rising: a longer run of the same recipe (`fer-edge train --preset "
              f"{float_cfg['preset']} --epochs {max(60, len(float_hist) + 20)} --batch-size {float_cfg['batch_size']} "
-             f"--lr {float_cfg['lr']:g}`) is the first lever." if trend > 0 else
+             f"--lr {float_cfg['lr']:g}{distill_flags(float_cfg)}`) is the first lever." if trend > 0 else
              "PublicTest had stopped rising while training accuracy kept rising: the model overfits by the end of "
              "its schedule. Levers left: stronger regularisation, distillation or an ensemble"
              + (", and one uninterrupted schedule of this length (this one was changed on resume)."
