@@ -20,6 +20,7 @@ YuNet models ship inside the package; nothing is downloaded at run time.
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -57,6 +58,13 @@ class FaceDetector(Protocol):
     """Vertical move of that crop's centre, as a fraction of the box side (positive: down)."""
 
     def detect(self, gray: np.ndarray) -> list[Detection]: ...
+
+
+def eye_angle(keypoints: tuple[tuple[float, float], ...]) -> float:
+    """Degrees in [-90, 90) from the horizontal to the line through the first two keypoints (the
+    eyes); positive when the eye on the image's right lies lower. Either eye may come first."""
+    (x0, y0), (x1, y1) = keypoints[:2]
+    return (math.degrees(math.atan2(y1 - y0, x1 - x0)) + 90) % 180 - 90
 
 
 def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:

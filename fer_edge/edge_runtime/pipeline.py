@@ -1,7 +1,6 @@
 """Frame in, faces with emotions out: detect faces, crop them like FER2013, classify them."""
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,7 +9,8 @@ import numpy as np
 
 from fer_edge import spec
 from fer_edge.edge_runtime.classifier import ClassifierOptions, EmotionClassifier
-from fer_edge.edge_runtime.detection import DEFAULT_DETECTOR, DEFAULT_MIN_FACE, Detection, FaceDetector, create_detector
+from fer_edge.edge_runtime.detection import (DEFAULT_DETECTOR, DEFAULT_MIN_FACE, Detection, FaceDetector, create_detector,
+                                             eye_angle)
 
 
 @dataclass
@@ -104,13 +104,6 @@ def square_crop(box: tuple[int, int, int, int], margin: float, shift: float,
     # Shift the square inside the image before clamping, so faces at an edge stay square when they can.
     x0, y0 = max(0, min(x0, width - side)), max(0, min(y0, height - side))
     return x0, y0, min(width, x0 + side), min(height, y0 + side)
-
-
-def eye_angle(keypoints: tuple[tuple[float, float], ...]) -> float:
-    """Degrees in [-90, 90) from the horizontal to the line through the first two keypoints (the
-    eyes); positive when the eye on the image's right lies lower. Either eye may come first."""
-    (x0, y0), (x1, y1) = keypoints[:2]
-    return (math.degrees(math.atan2(y1 - y0, x1 - x0)) + 90) % 180 - 90
 
 
 def face_crop(gray: np.ndarray, detection: Detection, margin: float, shift: float, align: bool) -> np.ndarray:

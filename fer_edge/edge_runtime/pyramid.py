@@ -4,9 +4,11 @@ What the BlazeFace and YuNet detectors share: a frame is searched on the windows
 out so that faces of `min_face` pixels are resolved whatever the frame size; each pyramid level
 keeps only the faces of the sizes it resolves; candidates need a face's keypoint geometry; one
 weighted NMS merges them across levels; each survivor is looked at again at the model's most
-familiar scale, whose score must reach a threshold calibrated on face-free photographs; and of a
-face found both whole and in part, one box stays. A
-subclass says how pixels go into its input tensor and how its outputs decode.
+familiar scale, turned upright by its eye line, and that score must reach a threshold calibrated
+on face-free photographs; and of a face found both whole and in part, one box stays. A model that
+misses tilted heads (YuNet) also searches the frame turned by a few angles, for faces of
+`tilt_min_face` or more. A subclass says how pixels go into its input tensor and how its outputs
+decode.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_edge.edge_runtime.detection import DEFAULT_MIN_FACE, Detection, drop_nested, iou, weighted_nms
+from fer_edge.edge_runtime.detection import DEFAULT_MIN_FACE, Detection, drop_nested, eye_angle, iou, weighted_nms
 from fer_edge.edge_runtime.errors import ModelError
 from fer_edge.edge_runtime.interpreter import make_interpreter
 from fer_edge.edge_runtime.search import Window, search_windows
@@ -47,6 +49,11 @@ class PyramidModel:
     face sizes, `min_face` and the face ranges, are measured); measured on pasted FER2013 faces."""
     multiple: int = 16
     """Resizable inputs are padded to a multiple of this (the network's largest stride)."""
+    tilts: tuple[float, ...] = ()
+    """Angles, in degrees, the frame is also searched at, turned, for a model whose scores fall on
+    tilted heads; each turned search costs about as much as a whole search for faces of `tilt_min_face`."""
+    tilt_min_face: int = 48
+    """Smallest face, in frame pixels, the turned searches look for."""
 
 
 def crop_sides(boxes: np.ndarray, box_to_crop: float) -> np.ndarray:
@@ -94,6 +101,8 @@ class PyramidDetector:
     `_tensor`, `_decode` and `_landmarks`."""
 
     NMS_IOU = 0.3  # MediaPipe's min_suppression_threshold; merges one face seen at several levels
+    UPRIGHT = 10.0
+    """Eye-line angle, in degrees, below which the second look leaves the face as it is."""
 
     def __init__(self, model: PyramidModel, model_path: str | Path | None = None, min_score: float | None = None,
                  min_face: int = DEFAULT_MIN_FACE, num_threads: int | None = 1, check_keypoints: bool = True, verify: bool = True):
@@ -159,9 +168,7 @@ class PyramidDetector:
         return boxes, scores, keypoints / window.scale + offset
 
     def detect(self, gray: np.ndarray) -> list[Detection]:
-        windows = search_windows(gray.shape[0], gray.shape[1], self.model.input, self.model.face_range,
-                                 self.min_face, self.model.resizable, self.model.multiple)
-        found = [self._in_range(*self._run(gray, window, self.model.min_score), window.scale) for window in windows]
+        found = [self._search(gray, self.min_face)] + [self._search_turned(gray, angle) for angle in self.model.tilts]
         boxes = np.concatenate([f[0] for f in found])
         scores = np.concatenate([f[1] for f in found])
         keypoints = np.concatenate([f[2] for f in found])
@@ -170,8 +177,40 @@ class PyramidDetector:
             keep &= plausible(boxes, self._landmarks(keypoints))
         candidates = weighted_nms(boxes[keep], scores[keep], keypoints[keep], self.NMS_IOU)
         if self.verify:
-            candidates = [replace(d, score=self._verify(gray, d)) for d in candidates]
+            candidates = [self._verify(gray, d) for d in candidates]
         return drop_nested([d for d in candidates if d.score >= self.min_score])
+
+    def _search(self, gray: np.ndarray, min_face: int):
+        """Candidates (boxes, scores, keypoints) in `gray`'s pixels from every pyramid level."""
+        windows = search_windows(gray.shape[0], gray.shape[1], self.model.input, self.model.face_range,
+                                 min_face, self.model.resizable, self.model.multiple)
+        found = [self._in_range(*self._run(gray, window, self.model.min_score), window.scale) for window in windows]
+        return tuple(np.concatenate([f[i] for f in found]) for i in range(3))
+
+    def _search_turned(self, gray: np.ndarray, angle: float):
+        """Candidates, in frame pixels, from a search of the frame turned by `angle` degrees
+        (counter-clockwise) for faces of `tilt_min_face` or more: a head tilted by about `-angle`
+        is upright there. Boxes come back as axis-aligned squares of the same size about the
+        face's centre; keypoints come back exactly."""
+        import cv2
+
+        min_face = max(self.min_face, self.model.tilt_min_face)
+        # Shrink first, to the finest scale these faces need, so the turn works on fewer pixels.
+        shrink = min(1.0, self.model.face_range[0] / min_face)
+        small = cv2.resize(gray, None, fx=shrink, fy=shrink, interpolation=cv2.INTER_AREA) if shrink < 1 else gray
+        height, width = small.shape
+        turn = cv2.getRotationMatrix2D((width / 2, height / 2), angle, 1.0)
+        cos, sin = abs(turn[0, 0]), abs(turn[0, 1])
+        size = (int(np.ceil(width * cos + height * sin)), int(np.ceil(width * sin + height * cos)))
+        turn[:, 2] += (size[0] - width) / 2, (size[1] - height) / 2  # the whole frame on the turned canvas
+        turned = cv2.warpAffine(small, turn, size, flags=cv2.INTER_LINEAR, borderValue=0)
+        boxes, scores, keypoints = self._search(turned, max(1, round(min_face * shrink)))
+        back = cv2.invertAffineTransform(turn) / shrink  # turned pixels -> frame pixels
+        centres = (boxes[:, :2] + boxes[:, 2:]) / 2 @ back[:, :2].T + back[:, 2]
+        half = (boxes[:, 2:] - boxes[:, :2]) / shrink / 2
+        inside = (centres >= 0).all(1) & (centres[:, 0] < gray.shape[1]) & (centres[:, 1] < gray.shape[0])
+        return (np.concatenate([centres - half, centres + half], axis=1)[inside], scores[inside],
+                (keypoints @ back[:, :2].T + back[:, 2])[inside].astype(np.float32))
 
     def _in_range(self, boxes: np.ndarray, scores: np.ndarray, keypoints: np.ndarray, scale: float):
         """Only the candidates a pyramid level is responsible for: faces whose side in the model's
@@ -182,21 +221,46 @@ class PyramidDetector:
         keep = (side >= 0.7 * lo) & (side <= 1.15 * hi)
         return boxes[keep], scores[keep], keypoints[keep]
 
-    def _verify(self, gray: np.ndarray, detection: Detection) -> float:
-        """The model's score for a candidate seen again at its most familiar scale: a square around
-        it, fed at the native input size, in which the face spans the geometric middle of the face
-        range (~60 of 128 px for BlazeFace short-range). Textures that fire at one pyramid level
-        rarely keep a face's score there; faces do."""
+    def _verify(self, gray: np.ndarray, detection: Detection) -> Detection:
+        """The candidate seen again at the model's most familiar scale: a square around it, fed at
+        the native input size, in which the face spans the geometric middle of the face range (~60
+        of 128 px for BlazeFace short-range). Its score there replaces the candidate's (0 when the
+        model finds no face there): textures that fire at one pyramid level rarely keep a face's
+        score there; faces do. For a model with turned searches, a tilted candidate is seen turned
+        upright by its eye line and also turned by those of their angles that go further the same way:
+        the model places a tilted face's eyes nearer level than they are (less so the nearer upright
+        the face), so the true tilt lies beyond the candidate's. The best score counts; the keypoints
+        come from the view that shows the face most upright."""
+        angle = eye_angle(detection.keypoints) if len(detection.keypoints) >= 2 else 0.0
+        if not self.model.tilts or abs(angle) < self.UPRIGHT:
+            return replace(detection, score=self._look(gray, detection, 0.0).score)
+        turns = [angle] + [t for t in self.model.tilts if t * angle > 0 and abs(t) > abs(angle)]
+        views = {turn: self._look(gray, detection, turn) for turn in turns}
+        seen = {turn: view for turn, view in views.items() if view.score > 0}
+        if not seen:
+            return replace(detection, score=0.0)
+        # A view turned by `turn` shows the face tilted by its frame eye angle minus `turn`.
+        upright = min(seen, key=lambda turn: abs(eye_angle(seen[turn].keypoints) - turn))
+        return replace(seen[upright], score=max(view.score for view in seen.values()))
+
+    def _look(self, gray: np.ndarray, detection: Detection, angle: float) -> Detection:
+        """`detection` with the score and keypoints the model gives it in the verifying view turned
+        by `angle` degrees (counter-clockwise) about its centre."""
+        import cv2
+
         x, y, w, h = detection.box
         size = self.model.input
         side = max(2, round(max(w, h) * size / np.sqrt(self.model.face_range[0] * self.model.face_range[1])))
-        x0, y0 = round(x + w / 2 - side / 2), round(y + h / 2 - side / 2)
+        turn = cv2.getRotationMatrix2D((x + w / 2, y + h / 2), angle, 1.0)
+        turn[:, 2] -= (round(x + w / 2 - side / 2), round(y + h / 2 - side / 2))
         # Out-of-frame parts are padded with zeros, as the letterbox of a window is.
-        crop = np.zeros((side, side), np.uint8)
-        fx0, fy0 = max(0, x0), max(0, y0)
-        fx1, fy1 = min(gray.shape[1], x0 + side), min(gray.shape[0], y0 + side)
-        crop[fy0 - y0:fy1 - y0, fx0 - x0:fx1 - x0] = gray[fy0:fy1, fx0:fx1]
-        boxes, scores, _ = self._run(crop, Window(0, 0, side, side, size / side, size, size), self.model.min_score)
+        crop = cv2.warpAffine(gray, turn, (side, side), flags=cv2.INTER_LINEAR, borderValue=0)
+        boxes, scores, keypoints = self._run(crop, Window(0, 0, side, side, size / side, size, size), self.model.min_score)
         centre = np.array([side / 2 - w / 2, side / 2 - h / 2, side / 2 + w / 2, side / 2 + h / 2], np.float32)
         same = iou(centre, boxes) > self.NMS_IOU if len(boxes) else np.zeros(0, bool)
-        return float(scores[same].max()) if same.any() else 0.0
+        if not same.any():
+            return replace(detection, score=0.0)
+        best = np.flatnonzero(same)[scores[same].argmax()]
+        back = cv2.invertAffineTransform(turn)  # view pixels -> frame pixels
+        points = keypoints[best] @ back[:, :2].T + back[:, 2]
+        return replace(detection, score=float(scores[best]), keypoints=tuple((float(px), float(py)) for px, py in points))

@@ -28,7 +28,10 @@ HEAD_CHANNELS = (2, 4, 10)
 """Channels of the three output maps a stride: class and objectness logits, box, keypoints."""
 # libfacedetection's own candidate threshold is 0.2 (facedetectcnn-model.cpp); the face range and
 # box proportion are measured on FER2013 faces pasted into frames (benchmarks/detection.py).
-YUNET = PyramidModel("face_detection_yunet.tflite", 160, 0.2, 0.7, (32.0, 280.0), True, 0.92, multiple=32)
+# Its scores fall on heads tilted past ~15 degrees (benchmarks/upright.py): the frame is also searched
+# turned by 30 degrees each way.
+YUNET = PyramidModel("face_detection_yunet.tflite", 160, 0.2, 0.7, (32.0, 280.0), True, 0.92, multiple=32,
+                     tilts=(-30.0, 30.0))
 
 
 class YuNetDetector(PyramidDetector):
