@@ -29,29 +29,10 @@ from fer_edge import spec
 from fer_edge.edge_runtime.classifier import SHIPPED_MODEL, ClassifierOptions, EmotionClassifier
 from fer_edge.edge_runtime.detection import DEFAULT_DETECTOR, DETECTORS, create_detector, iou
 from fer_edge.edge_runtime.pipeline import EmotionPipeline, PipelineOptions
-from fer_edge.edge_runtime.scenes import background, paste
+from fer_edge.edge_runtime.scenes import tilted_frame
 from fer_edge.train.data import default_data_path
 
-WIDTH, HEIGHT = 320, 240
-FACE = 120
-"""Side of the pasted face in frame pixels; the tilted patch around it is 1.5x that."""
-PAD = 12
-"""Pixels of reflected border around each 48x48 face before it is rotated (72 -> 180 px pasted)."""
 MATCH_IOU = 0.4
-
-
-def tilted_frame(face: np.ndarray, angle: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A frame with `face` rotated by `angle` degrees (counter-clockwise) and its upright square (x0, y0, x1, y1)."""
-    padded = cv2.copyMakeBorder(face, PAD, PAD, PAD, PAD, cv2.BORDER_REFLECT_101)
-    outer = round(padded.shape[0] * FACE / face.shape[0])
-    patch = cv2.resize(padded, (outer, outer), interpolation=cv2.INTER_CUBIC)
-    matrix = cv2.getRotationMatrix2D(((outer - 1) / 2, (outer - 1) / 2), angle, 1.0)
-    patch = cv2.warpAffine(patch, matrix, (outer, outer), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
-    image = background(rng, WIDTH, HEIGHT)
-    x, y = int(rng.integers(0, WIDTH - outer + 1)), int(rng.integers(0, HEIGHT - outer + 1))
-    paste(image, patch, x, y, outer, feather=0.15)  # the ramp stays within the reflected border
-    inset = (outer - FACE) / 2
-    return image, np.array([x + inset, y + inset, x + inset + FACE, y + inset + FACE], float)
 
 
 class DetectOnce:

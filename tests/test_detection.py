@@ -14,7 +14,7 @@ from fer_edge.edge_runtime.pyramid import DETECTOR_ASSETS
 from fer_edge.edge_runtime.detection import Detection, create_detector, drop_nested, eye_angle, iou, weighted_nms
 from fer_edge.edge_runtime.errors import ModelError
 from fer_edge.edge_runtime.interpreter import make_interpreter
-from fer_edge.edge_runtime.scenes import background, paste
+from fer_edge.edge_runtime.scenes import background, paste, tilted_frame
 from fer_edge.edge_runtime.search import search_windows
 from fer_edge.edge_runtime.yunet import YUNET
 from fer_edge.edge_runtime.commands import SAMPLE_IMAGE
@@ -118,16 +118,26 @@ def test_yunet_turned_search_maps_faces_back_to_the_frame(detectors, astronaut, 
     assert 0.85 < (boxes[best, 2] - boxes[best, 0]) / w < 1.15
 
 
-@pytest.mark.parametrize("degrees", [30.0, -30.0, 45.0])
-def test_yunet_finds_tilted_faces_with_their_eye_line(detectors, astronaut, degrees):
-    """On its own YuNet scores tilted heads low and places their eyes nearly level; the turned
-    searches and the turned second look give one face whose eye line follows the tilt."""
-    (upright,) = detectors["yunet"].detect(astronaut)
-    frame, _ = turned(astronaut, degrees)
-    (face,) = detectors["yunet"].detect(frame)
-    assert face.score >= YUNET.calibrated_score
-    # Measured 0.6 and 1.6 degrees off at +-30 and 14 off at 45 (the turns stop at 30); 12-18 off without them.
-    assert abs(eye_angle(face.keypoints) - (eye_angle(upright.keypoints) - degrees)) < (8 if abs(degrees) <= 30 else 16)
+def test_yunet_turned_searches_find_tilted_faces_and_leave_upright_ones_alone(fer2013):
+    """FER2013 faces at 120 px in 320x240 frames. Tilted 30 degrees either way, YuNet searching
+    upright only finds about 40% of them (its scores fall on tilted heads; benchmarks/upright.py),
+    with its turned searches about 90%. Upright, every face the upright search finds keeps exactly
+    that detection."""
+    rng = np.random.default_rng(0)
+    faces = fer2013.images[rng.choice(fer2013.indices("PrivateTest"), 40, replace=False)]
+    turning, upright_only = (create_detector("yunet", min_face=64, num_threads=1, tilts=t) for t in (None, ()))
+    found = {True: 0, False: 0}
+    for index, face in enumerate(faces):
+        for degrees in (0.0, 30.0 if index % 2 else -30.0):
+            frame, truth = tilted_frame(face, degrees, np.random.default_rng(index))
+            hits = {}
+            for turned, detector in ((True, turning), (False, upright_only)):
+                matched = [d for d in detector.detect(frame) if iou(truth, corners(d)[None])[0] >= 0.4]
+                hits[turned] = matched[0] if matched else None
+                found[turned] += bool(matched) and degrees != 0
+            if degrees == 0 and hits[False] is not None:
+                assert hits[True] == hits[False], index
+    assert found[True] >= 32 and found[True] >= found[False] + 10, found
 
 
 @pytest.mark.parametrize("name", PYRAMID + ["haar"])

@@ -4,11 +4,11 @@ What the BlazeFace and YuNet detectors share: a frame is searched on the windows
 out so that faces of `min_face` pixels are resolved whatever the frame size; each pyramid level
 keeps only the faces of the sizes it resolves; candidates need a face's keypoint geometry; one
 weighted NMS merges them across levels; each survivor is looked at again at the model's most
-familiar scale, turned upright by its eye line, and that score must reach a threshold calibrated
-on face-free photographs; and of a face found both whole and in part, one box stays. A model that
-misses tilted heads (YuNet) also searches the frame turned by a few angles, for faces of
-`tilt_min_face` or more. A subclass says how pixels go into its input tensor and how its outputs
-decode.
+familiar scale, whose score must reach a threshold calibrated on face-free photographs; and of a
+face found both whole and in part, one box stays. A model that misses tilted heads (YuNet) also
+searches the frame turned by a few angles, for faces of `tilt_min_face` or more; each face keeps
+the detection of the view that scores it best, and its second look is turned upright by its eye
+line. A subclass says how pixels go into its input tensor and how its outputs decode.
 """
 from __future__ import annotations
 
@@ -105,9 +105,12 @@ class PyramidDetector:
     """Eye-line angle, in degrees, below which the second look leaves the face as it is."""
 
     def __init__(self, model: PyramidModel, model_path: str | Path | None = None, min_score: float | None = None,
-                 min_face: int = DEFAULT_MIN_FACE, num_threads: int | None = 1, check_keypoints: bool = True, verify: bool = True):
+                 min_face: int = DEFAULT_MIN_FACE, num_threads: int | None = 1, check_keypoints: bool = True, verify: bool = True,
+                 tilts: tuple[float, ...] | None = None):
         path = Path(model_path) if model_path else DETECTOR_ASSETS / model.file
         self.model, self.min_face, self.check_keypoints, self.verify = model, min_face, check_keypoints, verify
+        self.tilts = model.tilts if tilts is None else tuple(tilts)
+        """Angles of the turned searches (`PyramidModel.tilts`); () searches upright only, for less CPU."""
         self.min_score = model.calibrated_score if min_score is None else min_score
         self._path, self._threads = path, num_threads
         # One interpreter per input shape: re-allocating tensors on every shape change costs more
@@ -168,17 +171,36 @@ class PyramidDetector:
         return boxes, scores, keypoints / window.scale + offset
 
     def detect(self, gray: np.ndarray) -> list[Detection]:
-        found = [self._search(gray, self.min_face)] + [self._search_turned(gray, angle) for angle in self.model.tilts]
-        boxes = np.concatenate([f[0] for f in found])
-        scores = np.concatenate([f[1] for f in found])
-        keypoints = np.concatenate([f[2] for f in found])
+        views = [self._candidates(*self._search(gray, self.min_face))]
+        views += [self._candidates(*self._search_turned(gray, angle)) for angle in self.tilts]
+        if self.verify:
+            views = [[self._verify(gray, d) for d in view] for view in views]
+        candidates = self._best_views(views) if len(views) > 1 else views[0]
+        return drop_nested([d for d in candidates if d.score >= self.min_score])
+
+    def _best_views(self, views: list[list[Detection]]) -> list[Detection]:
+        """One detection a face from the upright search (`views[0]`) and the turned ones. A face the
+        upright search confirms keeps that detection, exactly as without turned searches. Any other
+        face keeps its best-scoring candidate after the second look, which turns each candidate
+        upright by its own eye line: the view that shows a face nearest upright places its
+        keypoints best, so its candidate is turned right and scores highest. (Blending the views
+        would tilt an upright face's keypoints and blur its box with a turned search's coarser one.)"""
+        confirmed = [d for d in views[0] if d.score >= self.min_score]
+        rest = sorted((d for view in views for d in view if d not in confirmed), key=lambda d: -d.score)
+        kept: list[Detection] = []
+        for d in sorted(confirmed, key=lambda d: -d.score) + rest:
+            x, y, w, h = d.box
+            boxes = np.array([[kx, ky, kx + kw, ky + kh] for kx, ky, kw, kh in (k.box for k in kept)], np.float32)
+            if not kept or iou(np.array([x, y, x + w, y + h], np.float32), boxes).max() <= self.NMS_IOU:
+                kept.append(d)
+        return kept
+
+    def _candidates(self, boxes: np.ndarray, scores: np.ndarray, keypoints: np.ndarray) -> list[Detection]:
+        """Candidates of a face's size and geometry, merged by weighted NMS."""
         keep = crop_sides(boxes, self.model.box_to_crop) >= self.min_face * 0.75
         if self.check_keypoints:
             keep &= plausible(boxes, self._landmarks(keypoints))
-        candidates = weighted_nms(boxes[keep], scores[keep], keypoints[keep], self.NMS_IOU)
-        if self.verify:
-            candidates = [self._verify(gray, d) for d in candidates]
-        return drop_nested([d for d in candidates if d.score >= self.min_score])
+        return weighted_nms(boxes[keep], scores[keep], keypoints[keep], self.NMS_IOU)
 
     def _search(self, gray: np.ndarray, min_face: int):
         """Candidates (boxes, scores, keypoints) in `gray`'s pixels from every pyramid level."""
@@ -222,30 +244,18 @@ class PyramidDetector:
         return boxes[keep], scores[keep], keypoints[keep]
 
     def _verify(self, gray: np.ndarray, detection: Detection) -> Detection:
-        """The candidate seen again at the model's most familiar scale: a square around it, fed at
-        the native input size, in which the face spans the geometric middle of the face range (~60
-        of 128 px for BlazeFace short-range). Its score there replaces the candidate's (0 when the
-        model finds no face there): textures that fire at one pyramid level rarely keep a face's
-        score there; faces do. For a model with turned searches, a tilted candidate is seen turned
-        upright by its eye line and also turned by those of their angles that go further the same way:
-        the model places a tilted face's eyes nearer level than they are (less so the nearer upright
-        the face), so the true tilt lies beyond the candidate's. The best score counts; the keypoints
-        come from the view that shows the face most upright."""
-        angle = eye_angle(detection.keypoints) if len(detection.keypoints) >= 2 else 0.0
-        if not self.model.tilts or abs(angle) < self.UPRIGHT:
-            return replace(detection, score=self._look(gray, detection, 0.0).score)
-        turns = [angle] + [t for t in self.model.tilts if t * angle > 0 and abs(t) > abs(angle)]
-        views = {turn: self._look(gray, detection, turn) for turn in turns}
-        seen = {turn: view for turn, view in views.items() if view.score > 0}
-        if not seen:
-            return replace(detection, score=0.0)
-        # A view turned by `turn` shows the face tilted by its frame eye angle minus `turn`.
-        upright = min(seen, key=lambda turn: abs(eye_angle(seen[turn].keypoints) - turn))
-        return replace(seen[upright], score=max(view.score for view in seen.values()))
+        """The candidate with the model's score for it seen again at its most familiar scale: a
+        square around it, fed at the native input size, in which the face spans the geometric
+        middle of the face range (~60 of 128 px for BlazeFace short-range); 0 when the model finds
+        no face there. Textures that fire at one pyramid level rarely keep a face's score there;
+        faces do. For a model with turned searches, a tilted candidate is turned upright by its eye
+        line first, as it was seen upright in the search that found it."""
+        angle = eye_angle(detection.keypoints) if self.tilts and len(detection.keypoints) >= 2 else 0.0
+        return replace(detection, score=self._look(gray, detection, angle if abs(angle) >= self.UPRIGHT else 0.0))
 
-    def _look(self, gray: np.ndarray, detection: Detection, angle: float) -> Detection:
-        """`detection` with the score and keypoints the model gives it in the verifying view turned
-        by `angle` degrees (counter-clockwise) about its centre."""
+    def _look(self, gray: np.ndarray, detection: Detection, angle: float) -> float:
+        """The model's score for `detection` in the verifying view turned by `angle` degrees
+        (counter-clockwise) about its centre."""
         import cv2
 
         x, y, w, h = detection.box
@@ -255,12 +265,7 @@ class PyramidDetector:
         turn[:, 2] -= (round(x + w / 2 - side / 2), round(y + h / 2 - side / 2))
         # Out-of-frame parts are padded with zeros, as the letterbox of a window is.
         crop = cv2.warpAffine(gray, turn, (side, side), flags=cv2.INTER_LINEAR, borderValue=0)
-        boxes, scores, keypoints = self._run(crop, Window(0, 0, side, side, size / side, size, size), self.model.min_score)
+        boxes, scores, _ = self._run(crop, Window(0, 0, side, side, size / side, size, size), self.model.min_score)
         centre = np.array([side / 2 - w / 2, side / 2 - h / 2, side / 2 + w / 2, side / 2 + h / 2], np.float32)
         same = iou(centre, boxes) > self.NMS_IOU if len(boxes) else np.zeros(0, bool)
-        if not same.any():
-            return replace(detection, score=0.0)
-        best = np.flatnonzero(same)[scores[same].argmax()]
-        back = cv2.invertAffineTransform(turn)  # view pixels -> frame pixels
-        points = keypoints[best] @ back[:, :2].T + back[:, 2]
-        return replace(detection, score=float(scores[best]), keypoints=tuple((float(px), float(py)) for px, py in points))
+        return float(scores[same].max()) if same.any() else 0.0

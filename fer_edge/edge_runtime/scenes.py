@@ -65,6 +65,26 @@ def paste(image: np.ndarray, patch: np.ndarray, x: int, y: int, side: int, feath
     image[y:y + side, x:x + side] = np.round(alpha * resized + (1 - alpha) * region).astype(np.uint8)
 
 
+def tilted_frame(face: np.ndarray, angle: float, rng: np.random.Generator, width: int = 320, height: int = 240,
+                 side: int = 120) -> tuple[np.ndarray, np.ndarray]:
+    """A `background` frame with `face` at `side` px, turned `angle` degrees counter-clockwise, at a
+    random place, and the face's upright square (x0, y0, x1, y1). The face is padded by reflection
+    (a quarter of its side each way) before it turns, so no black corners show."""
+    import cv2
+
+    pad = face.shape[0] // 4
+    padded = cv2.copyMakeBorder(face, pad, pad, pad, pad, cv2.BORDER_REFLECT_101)
+    outer = round(padded.shape[0] * side / face.shape[0])
+    patch = cv2.resize(padded, (outer, outer), interpolation=cv2.INTER_CUBIC)
+    matrix = cv2.getRotationMatrix2D(((outer - 1) / 2, (outer - 1) / 2), angle, 1.0)
+    patch = cv2.warpAffine(patch, matrix, (outer, outer), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    image = background(rng, width, height)
+    x, y = int(rng.integers(0, width - outer + 1)), int(rng.integers(0, height - outer + 1))
+    paste(image, patch, x, y, outer, feather=0.15)  # the ramp stays within the reflected border
+    inset = (outer - side) / 2
+    return image, np.array([x + inset, y + inset, x + inset + side, y + inset + side], float)
+
+
 def compose_scene(faces: np.ndarray, rng: np.random.Generator, width: int = 640, height: int = 360,
                   sizes: tuple[int, int] = (120, 200), backdrop: np.ndarray | None = None,
                   feather: float = 0.0) -> Scene:
