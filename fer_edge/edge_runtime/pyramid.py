@@ -36,7 +36,7 @@ class PyramidModel:
     min_score: float
     """The network's own candidate threshold (its reference implementation's)."""
     calibrated_score: float
-    """Score a candidate must keep when verified (see `PyramidDetector._verify`), calibrated with
+    """Score a candidate must keep when verified (see `PyramidDetector._look`), calibrated with
     `benchmarks/detection.py --sweep` for <= 0.05 false detections per face-free frame."""
     face_range: tuple[float, float]
     """Face sides, in input-tensor pixels, the model finds reliably (measured with
@@ -54,6 +54,9 @@ class PyramidModel:
     tilted heads; each turned search costs about as much as a whole search for faces of `tilt_min_face`."""
     tilt_min_face: int = 48
     """Smallest face, in frame pixels, the turned searches look for."""
+    turned_score: float = 0.0
+    """Score a face the upright search does not confirm must reach in its best view: more views
+    are more chances for a texture, so this is calibrated on face-free photographs on its own."""
 
 
 def crop_sides(boxes: np.ndarray, box_to_crop: float) -> np.ndarray:
@@ -171,29 +174,40 @@ class PyramidDetector:
         return boxes, scores, keypoints / window.scale + offset
 
     def detect(self, gray: np.ndarray) -> list[Detection]:
-        views = [self._candidates(*self._search(gray, self.min_face))]
-        views += [self._candidates(*self._search_turned(gray, angle)) for angle in self.tilts]
-        if self.verify:
-            views = [[self._verify(gray, d) for d in view] for view in views]
-        candidates = self._best_views(views) if len(views) > 1 else views[0]
-        return drop_nested([d for d in candidates if d.score >= self.min_score])
+        found = self._candidates(*self._search(gray, self.min_face))
+        looked = [replace(d, score=self._look(gray, d, 0.0)) for d in found] if self.verify else found
+        kept = [d for d in looked if d.score >= self.min_score]
+        if self.tilts:
+            # The faces the upright search does not confirm get a second chance: the turned
+            # searches' candidates, and a second look turned upright by each candidate's eye line.
+            doubtful = [d for d, seen in zip(found, looked) if seen.score < self.min_score]
+            for angle in self.tilts:
+                doubtful += self._candidates(*self._search_turned(gray, angle))
+            smallest = 0.75 * max(self.min_face, self.model.tilt_min_face)  # as `_candidates` allows for min_face
+            doubtful = [d for d in doubtful if np.sqrt(d.box[2] * d.box[3]) / self.model.box_to_crop >= smallest]
+            if self.verify:
+                doubtful = [replace(d, score=self._look(gray, d, self._upright_turn(d))) for d in doubtful]
+            kept = self._add_views(kept, doubtful)
+        return drop_nested(kept)
 
-    def _best_views(self, views: list[list[Detection]]) -> list[Detection]:
-        """One detection a face from the upright search (`views[0]`) and the turned ones. A face the
-        upright search confirms keeps that detection, exactly as without turned searches. Any other
-        face keeps its best-scoring candidate after the second look, which turns each candidate
-        upright by its own eye line: the view that shows a face nearest upright places its
-        keypoints best, so its candidate is turned right and scores highest. (Blending the views
-        would tilt an upright face's keypoints and blur its box with a turned search's coarser one.)"""
-        confirmed = [d for d in views[0] if d.score >= self.min_score]
-        rest = sorted((d for view in views for d in view if d not in confirmed), key=lambda d: -d.score)
-        kept: list[Detection] = []
-        for d in sorted(confirmed, key=lambda d: -d.score) + rest:
+    def _add_views(self, kept: list[Detection], doubtful: list[Detection]) -> list[Detection]:
+        """`kept` and, of the other candidates, the best-scoring one of each face not yet kept, if
+        it reaches `turned_score`. A face scores highest in the view that shows it nearest
+        upright, whose keypoints are best placed too; blending the views would tilt an upright
+        face's keypoints and blur its box with a turned search's coarser one."""
+        kept = list(kept)
+        for d in sorted(doubtful, key=lambda d: -d.score):
             x, y, w, h = d.box
             boxes = np.array([[kx, ky, kx + kw, ky + kh] for kx, ky, kw, kh in (k.box for k in kept)], np.float32)
-            if not kept or iou(np.array([x, y, x + w, y + h], np.float32), boxes).max() <= self.NMS_IOU:
+            if d.score >= max(self.min_score, self.model.turned_score) and (
+                    not kept or iou(np.array([x, y, x + w, y + h], np.float32), boxes).max() <= self.NMS_IOU):
                 kept.append(d)
         return kept
+
+    def _upright_turn(self, detection: Detection) -> float:
+        """Degrees that turn a tilted candidate upright by its eye line (0 for a level one)."""
+        angle = eye_angle(detection.keypoints) if len(detection.keypoints) >= 2 else 0.0
+        return angle if abs(angle) >= self.UPRIGHT else 0.0
 
     def _candidates(self, boxes: np.ndarray, scores: np.ndarray, keypoints: np.ndarray) -> list[Detection]:
         """Candidates of a face's size and geometry, merged by weighted NMS."""
@@ -243,19 +257,12 @@ class PyramidDetector:
         keep = (side >= 0.7 * lo) & (side <= 1.15 * hi)
         return boxes[keep], scores[keep], keypoints[keep]
 
-    def _verify(self, gray: np.ndarray, detection: Detection) -> Detection:
-        """The candidate with the model's score for it seen again at its most familiar scale: a
-        square around it, fed at the native input size, in which the face spans the geometric
-        middle of the face range (~60 of 128 px for BlazeFace short-range); 0 when the model finds
-        no face there. Textures that fire at one pyramid level rarely keep a face's score there;
-        faces do. For a model with turned searches, a tilted candidate is turned upright by its eye
-        line first, as it was seen upright in the search that found it."""
-        angle = eye_angle(detection.keypoints) if self.tilts and len(detection.keypoints) >= 2 else 0.0
-        return replace(detection, score=self._look(gray, detection, angle if abs(angle) >= self.UPRIGHT else 0.0))
-
     def _look(self, gray: np.ndarray, detection: Detection, angle: float) -> float:
-        """The model's score for `detection` in the verifying view turned by `angle` degrees
-        (counter-clockwise) about its centre."""
+        """The second look: the model's score for `detection` seen again at its most familiar
+        scale, turned by `angle` degrees (counter-clockwise) about its centre. The view is a square
+        around it, fed at the native input size, in which the face spans the geometric middle of
+        the face range (~60 of 128 px for BlazeFace short-range); 0 when the model finds no face
+        there. Textures that fire at one pyramid level rarely keep a face's score there; faces do."""
         import cv2
 
         x, y, w, h = detection.box
