@@ -16,6 +16,7 @@ from fer_edge.edge_runtime.classifier import SHIPPED_MODEL
 from fer_edge.edge_runtime.commands import SAMPLE_IMAGE, demo, predict
 from fer_edge.edge_runtime.detection import Detection, create_detector
 from fer_edge.edge_runtime.pipeline import PipelineOptions, eye_angle, face_crop, square_crop
+from fer_edge.edge_runtime.scenes import tilted_frame
 
 # LiteRT's Delegate.__del__ raises while tearing down a delegate it failed to build; harmless.
 pytestmark = [pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
@@ -104,3 +105,37 @@ def test_daemon_takes_align_from_flag_file_and_environment(tmp_path):
         assert f"align = {str(expected).lower()}" in result.output, (args, env, result.output)
     result = CliRunner().invoke(main, base, env={"FER_EDGE_PIPELINE_ALIGN": "sideways"})
     assert result.exit_code == 1 and "pipeline.align: expected bool" in result.output
+
+
+def test_turned_search_reaches_the_detector_from_predict(fer2013, tmp_path):
+    """A FER2013 face tilted 30 degrees that YuNet finds only with its turned searches: `predict`
+    finds it by default and not with --no-turned-search."""
+    turning, upright_only = (create_detector("yunet", num_threads=1, turned_search=t) for t in (True, False))
+    assert turning.tilts and upright_only.tilts == ()
+    faces = fer2013.images[fer2013.indices("PrivateTest")[:40]]
+    frames = (tilted_frame(face, 30.0, np.random.default_rng(index))[0] for index, face in enumerate(faces))
+    frame = next(f for f in frames if turning.detect(f) and not upright_only.detect(f))
+    image = tmp_path / "tilted.png"
+    cv2.imwrite(str(image), frame)
+    counts = {}
+    for flag in ("--turned-search", "--no-turned-search", None):
+        result = CliRunner().invoke(predict, [str(image), "--threads", "1"] + ([flag] if flag else []))
+        assert result.exit_code == 0, result.output
+        (line,) = [json.loads(text) for text in result.stdout.splitlines() if text.startswith("{")]
+        counts[flag] = len(line["faces"])
+    assert counts == {"--turned-search": 1, "--no-turned-search": 0, None: 1 if PipelineOptions.turned_search else 0}
+
+
+def test_daemon_takes_turned_search_from_flag_and_file(tmp_path):
+    source = tmp_path / "v.mp4"
+    writer = cv2.VideoWriter(str(source), cv2.VideoWriter_fourcc(*"mp4v"), 5.0, (64, 48))
+    writer.write(np.zeros((48, 64, 3), np.uint8))
+    writer.release()
+    config = tmp_path / "daemon.toml"
+    config.write_text("[pipeline]\nturned_search = false\n")
+    base = ["daemon", "--source", str(source), "--check-config"]
+    for args, expected in [([], PipelineOptions.turned_search), (["--no-turned-search"], False),
+                           (["--config", str(config)], False), (["--config", str(config), "--turned-search"], True)]:
+        result = CliRunner().invoke(main, base + args)
+        assert result.exit_code == 0, result.output
+        assert f"turned_search = {str(expected).lower()}" in result.output, (args, result.output)

@@ -121,9 +121,15 @@ DETECTORS = {
 }
 
 
-def create_detector(name: str = DEFAULT_DETECTOR, model_path: str | Path | None = None, **options) -> FaceDetector:
-    """Create a detector by name (see DETECTORS); `options` (min_face, num_threads, ...) go to its constructor."""
+def create_detector(name: str = DEFAULT_DETECTOR, model_path: str | Path | None = None, turned_search: bool = True,
+                    **options) -> FaceDetector:
+    """Create a detector by name (see DETECTORS); `options` (min_face, num_threads, ...) go to its
+    constructor. `turned_search=False` switches off the searches of turned frames of a detector
+    that makes them (yunet; see `pyramid.PyramidModel.tilts`); others have none to switch off."""
     if name not in DETECTORS:
         raise ValueError(f"unknown detector {name!r}: choose one of {', '.join(DETECTORS)}")
     module, cls = DETECTORS[name]
-    return getattr(importlib.import_module(module), cls)(model_path, **options)
+    detector = getattr(importlib.import_module(module), cls)(model_path, **options)
+    if not turned_search and getattr(detector, "tilts", ()):
+        detector.tilts = ()
+    return detector

@@ -56,7 +56,8 @@ def build_pipeline(config: DaemonConfig) -> EmotionPipeline:
                           fallback_cpu=config.model.fallback_cpu, verify_sha256=config.model.sha256 or None,
                           tta=config.model.tta, calibration=config.model.calibration),
         PipelineOptions(detector=config.pipeline.detector, detector_model=config.pipeline.detector_model or None,
-                        min_face=config.pipeline.min_face, align=config.pipeline.align,
+                        min_face=config.pipeline.min_face, turned_search=config.pipeline.turned_search,
+                        align=config.pipeline.align,
                         detect_every=config.pipeline.detect_every))
 
 
