@@ -51,7 +51,7 @@ def runtime_options(command):
         click.option("--min-face", type=click.IntRange(min=8), default=None,
                      help=f"Smallest face to find, in frame pixels; larger is faster. Default: {DEFAULT_MIN_FACE}."),
         click.option("--turned-search/--no-turned-search", default=None,
-                     help="Also search frames turned +-30 degrees for tilted heads (yunet), for about twice the "
+                     help="Also search frames turned +-30 degrees for tilted heads (yunet), for ~1.6x the "
                           "detection CPU. Default: PipelineOptions.turned_search."),
         click.option("--align/--no-align", default=None,
                      help="Turn each face upright by its eye line before cropping (detectors with eye keypoints: "

@@ -6,11 +6,11 @@
   on the benchmarks: as many faces or more than `blazeface-short` on `benchmarks/detection.py`, the
   face in every frame of `benchmarks/edge_latency.py`'s videos where `blazeface-short` found it in
   70-75%. Its own scores fall on tilted heads, so it also searches the frame turned 30 degrees
-  each way (`pyramid.py`), which about doubles its CPU: still less than half of `blazeface-short`'s,
+  each way (`pyramid.py`) for faces of 64 px or more, for 1.6x its CPU: still a third of `blazeface-short`'s,
   and it finds more tilted faces than that (`benchmarks/upright.py`). A YuNet ONNX file you give
   runs in OpenCV's `cv2.FaceDetectorYN` instead.
 - `blazeface-short`: MediaPipe's BlazeFace short-range, on the same pyramid. Its crops suit the
-  emotion model slightly better on tilted faces, for ~2.5x the CPU.
+  emotion model slightly better on tilted faces, for ~3x the CPU.
 - `blazeface-full`: BlazeFace full-range (made for faces within ~5 m in one 192x192 view), tiled
   over the same pyramid; its graph takes only 192x192 inputs, so tiles make it costly.
 - `haar`: OpenCV's bundled frontal-face Haar cascade (no model file; slow on large frames).

@@ -36,8 +36,8 @@ class PipelineOptions:
 
     turned_search: bool = True
     """Also search each frame turned both ways for tilted heads, where the detector does so (yunet:
-    +-30 degrees, for faces of 48 px or more). It found 532-541 of 600 FER2013 faces tilted 30
-    degrees where the upright search alone found 219-282, for about twice the detection CPU
+    +-30 degrees, for faces of 64 px or more). It found 532-541 of 600 FER2013 faces tilted 30
+    degrees where the upright search alone found 219-282, for 1.6x the detection CPU
     (`benchmarks/upright.py`, `benchmarks/detection.py`). Off: upright search only, cheaper."""
 
     align: bool = True

@@ -52,7 +52,7 @@ class PyramidModel:
     tilts: tuple[float, ...] = ()
     """Angles, in degrees, the frame is also searched at, turned, for a model whose scores fall on
     tilted heads; each turned search costs about as much as a whole search for faces of `tilt_min_face`."""
-    tilt_min_face: int = 48
+    tilt_min_face: int = 64
     """Smallest face, in frame pixels, the turned searches look for."""
     turned_score: float = 0.0
     """Score a face the upright search does not confirm must reach in its best view: more views

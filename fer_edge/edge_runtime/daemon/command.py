@@ -27,7 +27,7 @@ FLAGS: tuple[tuple[str, str, dict], ...] = (
     ("--pace/--no-pace", "source.pace", dict(help="Play a video file at its own frame rate (--no-pace: as fast as possible).")),
     ("--detector", "pipeline.detector", dict(help=f"Face detector: {', '.join(DETECTORS)}.")),
     ("--turned-search/--no-turned-search", "pipeline.turned_search",
-     dict(help="Also search frames turned +-30 degrees for tilted heads (yunet; about twice the detection CPU).")),
+     dict(help="Also search frames turned +-30 degrees for tilted heads (yunet; ~1.6x the detection CPU).")),
     ("--align/--no-align", "pipeline.align", dict(help="Turn each face upright by its eye line before cropping.")),
     ("--detect-every", "pipeline.detect_every", dict(type=int, metavar="N", help="Detect faces on every Nth frame.")),
     ("--max-fps", "pipeline.max_fps", dict(type=float, help="Process at most this many frames a second (0: no cap).")),

@@ -116,7 +116,7 @@ class PipelineConfig:
     min_face: int = field(default=PipelineOptions.min_face, metadata=_positive())
     """Smallest face to find, in frame pixels; the detector searches no finer than that needs (larger: cheaper)."""
     turned_search: bool = PipelineOptions.turned_search
-    """Also search frames turned +-30 degrees for tilted heads (yunet); false: about half the detection CPU."""
+    """Also search frames turned +-30 degrees for tilted heads (yunet); false: ~0.6x the detection CPU."""
     align: bool = PipelineOptions.align
     """Turn each face upright by its eye line before cropping (detectors with eye keypoints)."""
     detect_every: int = field(default=3, metadata=_positive())
