@@ -390,3 +390,19 @@ def test_16_bit_png_folder_is_scaled_not_saturated(tmp_path):
     cv2.imwrite(str(folder / "ramp.png"), ramp)
     image = load_dataset(tmp_path).images[0]
     assert abs(int(image.mean()) - 127) <= 2 and len(np.unique(image)) > 200  # not 0/255
+
+
+def test_tiny_and_one_pixel_wide_images_have_no_faces(tmp_path):
+    """Frames smaller than any face the detector searches for (turned searches included) are
+    answered with no faces, not a traceback."""
+    import cv2
+
+    shapes = [(1, 1), (1, 5000), (5000, 1), (64, 1), (1, 64), (7, 7), (3, 2000), (63, 64)]
+    paths = []
+    for height, width in shapes:
+        paths.append(tmp_path / f"{height}x{width}.png")
+        cv2.imwrite(str(paths[-1]), np.random.default_rng(0).integers(0, 256, (height, width), dtype=np.uint8))
+    result = cli("predict", *paths, "--threads", "1")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == len(shapes) and all('"faces": []' in line for line in lines), result.stdout

@@ -177,7 +177,8 @@ class PyramidDetector:
         found = self._candidates(*self._search(gray, self.min_face))
         looked = [replace(d, score=self._look(gray, d, 0.0)) for d in found] if self.verify else found
         kept = [d for d in looked if d.score >= self.min_score]
-        if self.tilts:
+        # A frame narrower than the faces the turned searches look for holds none of them.
+        if self.tilts and min(gray.shape[:2]) >= max(self.min_face, self.model.tilt_min_face):
             # The faces the upright search does not confirm get a second chance: the turned
             # searches' candidates, and a second look turned upright by each candidate's eye line.
             doubtful = [d for d, seen in zip(found, looked) if seen.score < self.min_score]
