@@ -59,6 +59,11 @@ class PyramidModel:
     are more chances for a texture, so this is calibrated on face-free photographs on its own."""
 
 
+def corners(detections: list[Detection]) -> np.ndarray:
+    """(N, 4) boxes (x0, y0, x1, y1) of detections."""
+    return np.array([[x, y, x + w, y + h] for x, y, w, h in (d.box for d in detections)], np.float32).reshape(-1, 4)
+
+
 def crop_sides(boxes: np.ndarray, box_to_crop: float) -> np.ndarray:
     """The side of the FER2013-style face crop each (x0, y0, x1, y1) box stands for."""
     return np.sqrt(np.clip((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 0, None)) / box_to_crop
@@ -185,7 +190,8 @@ class PyramidDetector:
             for angle in self.tilts:
                 doubtful += self._candidates(*self._search_turned(gray, angle))
             smallest = 0.75 * max(self.min_face, self.model.tilt_min_face)  # as `_candidates` allows for min_face
-            doubtful = [d for d in doubtful if np.sqrt(d.box[2] * d.box[3]) / self.model.box_to_crop >= smallest]
+            doubtful = [d for d, side in zip(doubtful, crop_sides(corners(doubtful), self.model.box_to_crop))
+                        if side >= smallest]
             if self.verify:
                 doubtful = [replace(d, score=self._look(gray, d, self._upright_turn(d))) for d in doubtful]
             kept = self._add_views(kept, doubtful)
@@ -198,10 +204,8 @@ class PyramidDetector:
         face's keypoints and blur its box with a turned search's coarser one."""
         kept = list(kept)
         for d in sorted(doubtful, key=lambda d: -d.score):
-            x, y, w, h = d.box
-            boxes = np.array([[kx, ky, kx + kw, ky + kh] for kx, ky, kw, kh in (k.box for k in kept)], np.float32)
             if d.score >= max(self.min_score, self.model.turned_score) and (
-                    not kept or iou(np.array([x, y, x + w, y + h], np.float32), boxes).max() <= self.NMS_IOU):
+                    not kept or iou(corners([d])[0], corners(kept)).max() <= self.NMS_IOU):
                 kept.append(d)
         return kept
 
