@@ -28,6 +28,7 @@ import click
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
+from fer_edge.edge_runtime.daemon.config import PipelineConfig
 from fer_edge.edge_runtime.daemon.tracking import iou
 from fer_edge.edge_runtime.detection import DEFAULT_DETECTOR, create_detector
 from fer_edge.edge_runtime.scenes import compose_scene, write_video
@@ -102,13 +103,16 @@ def wait_for(port: int, frames: float, process: subprocess.Popen, timeout: float
 @click.option("--frames", type=int, default=20000, show_default=True, help="Frames to process after warm-up.")
 @click.option("--warmup", type=int, default=1000, show_default=True, help="Frames processed before RSS is taken.")
 @click.option("--detector", default=DEFAULT_DETECTOR, show_default=True)
-@click.option("--detect-every", type=int, default=3, show_default=True)
+@click.option("--detect-every", type=int, default=None, help="Detect on every Nth frame. Default: the daemon's.")
+@click.option("--search-every", type=int, default=None,
+              help="Search the whole frame on every Nth detection, following known faces in between. Default: the daemon's.")
 @click.option("--threads", type=int, default=1, show_default=True, help="Interpreter threads.")
 @click.option("--max-growth-mb", type=float, default=20.0, show_default=True,
               help="Fail when RSS grows more than this after warm-up.")
 @click.option("--mqtt-port", type=int, help="Also publish to an MQTT broker on 127.0.0.1 at this port.")
 @click.option("--out", "json_path", type=click.Path(dir_okay=False), help="Also write the results as JSON.")
-def soak(model, data, frames, warmup, detector, detect_every, threads, max_growth_mb, mqtt_port, json_path) -> None:
+def soak(model, data, frames, warmup, detector, detect_every, search_every, threads, max_growth_mb, mqtt_port,
+         json_path) -> None:
     """Run the daemon flat out over a looped video and check its memory stays flat."""
     with tempfile.TemporaryDirectory() as tmp:
         video = Path(tmp) / "soak.mp4"
@@ -116,8 +120,10 @@ def soak(model, data, frames, warmup, detector, detect_every, threads, max_growt
         write_video(video, faces, np.random.default_rng(1), frames=400, width=640, height=360, side=160, fps=15.0)
         port = free_port()
         command = [sys.executable, "-m", "fer_edge", "daemon", "--source", str(video), "--model", model,
-                   "--loop", "--no-pace", "--max-fps", "0", "--detector", detector, "--detect-every",
-                   str(detect_every), "--threads", str(threads), "--http-port", str(port), "--log-level", "warning"]
+                   "--loop", "--no-pace", "--max-fps", "0", "--detector", detector, "--threads", str(threads),
+                   "--http-port", str(port), "--log-level", "warning"]
+        for flag, value in (("--detect-every", detect_every), ("--search-every", search_every)):
+            command += [flag, str(value)] if value is not None else []
         if mqtt_port:
             command += ["--mqtt-host", "127.0.0.1", "--mqtt-port", str(mqtt_port)]
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
@@ -155,7 +161,8 @@ def soak(model, data, frames, warmup, detector, detect_every, threads, max_growt
         "rss_mb": {"started": round(rss_started, 1), "after_warmup": round(rss0, 1), "end": round(rss1, 1),
                    "peak": round(rss_peak, 1)},
         "rss_growth_mb": round(rss1 - rss0, 1), "max_growth_mb": max_growth_mb, "exit_status": status,
-        "settings": {"detector": detector, "detect_every": detect_every, "threads": threads, "warmup": warmup,
+        "settings": {"detector": detector, "detect_every": detect_every or PipelineConfig.detect_every,
+                     "search_every": search_every or PipelineConfig.search_every, "threads": threads, "warmup": warmup,
                      "mqtt": bool(mqtt_port)},
     }
     click.echo(json.dumps(results, indent=2))

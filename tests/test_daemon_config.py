@@ -89,6 +89,7 @@ def test_flags_override_file_override_environment(tmp_path):
     ("[source]\nopen_timeout_s = 0\n", "source.open_timeout_s: expected a finite number > 0"),
     ("[source]\nread_timeout_s = inf\n", "source.read_timeout_s: expected a finite number > 0, got inf"),
     ("[pipeline]\nmax_fps = inf\n", "pipeline.max_fps: expected a finite number >= 0, got inf"),
+    ("[pipeline]\nsearch_every = 0\n", "pipeline.search_every: expected"),
 ])
 def test_bad_file_names_the_key(tmp_path, toml, message):
     with pytest.raises(ConfigError, match=None) as error:
@@ -100,6 +101,7 @@ def test_bad_file_names_the_key(tmp_path, toml, message):
     ({"FER_EDGE_MQTT_PORTT": "1"}, "unknown config key 'mqtt.portt' (environment variable FER_EDGE_MQTT_PORTT)"),
     ({"FER_EDGE_HTTP_ENABLED": "maybe"}, "http.enabled: expected bool, got 'maybe'"),
     ({"FER_EDGE_PIPELINE_MAX_FPS": "-1"}, "pipeline.max_fps: expected a finite number >= 0"),
+    ({"FER_EDGE_PIPELINE_SEARCH_EVERY": "often"}, "pipeline.search_every: expected int, got 'often'"),
 ])
 def test_bad_environment_names_the_variable(environ, message):
     with pytest.raises(ConfigError) as error:

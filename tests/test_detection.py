@@ -11,7 +11,7 @@ import pytest
 
 from fer_edge.edge_runtime.blazeface import FULL_RANGE, SHORT_RANGE, ssd_anchors
 from fer_edge.edge_runtime.pyramid import DETECTOR_ASSETS
-from fer_edge.edge_runtime.detection import Detection, create_detector, drop_nested, eye_angle, iou, weighted_nms
+from fer_edge.edge_runtime.detection import Detection, create_detector, drop_nested, eye_angle, iou, unmatched, weighted_nms
 from fer_edge.edge_runtime.errors import ModelError
 from fer_edge.edge_runtime.interpreter import make_interpreter
 from fer_edge.edge_runtime.scenes import background, paste, tilted_frame
@@ -140,6 +140,51 @@ def test_yunet_turned_searches_find_tilted_faces_and_leave_upright_ones_alone(fe
     assert found[True] >= 32 and found[True] >= found[False] + 10, found
 
 
+def crowd(astronaut: np.ndarray, dx: int, dy: int) -> tuple[np.ndarray, np.ndarray]:
+    """A 640x360 frame with the astronaut's face three times in a row, 80 px, 10 px apart, moved by
+    (dx, dy); their true squares."""
+    x0, y0, x1, y1 = ASTRONAUT_FACE.astype(int)
+    pad = (x1 - x0) // 3
+    patch = astronaut[y0 - pad:y1 + pad, x0 - pad:x1 + pad]
+    outer = round(80 * patch.shape[0] / (x1 - x0))
+    frame, truth = background(np.random.default_rng(8), 640, 360), []
+    for x in range(100 + dx, 370 + dx, 90):  # each patch's margin covers its neighbour's
+        paste(frame, patch, x, 100 + dy, outer, feather=0.15)
+        inset = (outer - 80) / 2
+        truth.append([x + inset, 100 + dy + inset, x + inset + 80, 100 + dy + inset + 80])
+    return frame, np.array(truth)
+
+
+@pytest.mark.parametrize("name", PYRAMID)
+def test_follow_finds_known_faces_where_they_moved(detectors, astronaut, name):
+    """Three faces in a row, found by a whole search, then moved by a third of their side: `follow`
+    finds each again where it went, not a neighbour (each view holds one or two, which may score
+    higher: that lost YuNet the middle face), and drops faces that are gone."""
+    detector = detectors[name]
+    before, _ = crowd(astronaut, 0, 0)
+    known = detector.detect(before)
+    assert len(known) == 3
+    after, truth = crowd(astronaut, 27, -12)
+    followed = np.array([corners(d) for d in detector.follow(after, known)]).reshape(-1, 4)
+    assert len(followed) == 3
+    for box, found in zip(truth, followed[np.argsort(followed[:, 0])]):
+        assert iou(box, found[None])[0] >= 0.5, (name, box, found)
+    assert detector.follow(background(np.random.default_rng(9), 640, 360), known) == []
+
+
+@pytest.mark.parametrize("degrees", [30.0, -30.0])
+def test_follow_keeps_a_tilted_face(detectors, astronaut, degrees):
+    """A head tilted 30 degrees, which only YuNet's turned searches find, is followed as it moves:
+    its view is turned upright by its eye line."""
+    yunet = detectors["yunet"]
+    frame, matrix = turned(astronaut, degrees)
+    (known,) = yunet.detect(frame)
+    moved = np.roll(frame, (15, -20), axis=(0, 1))
+    (followed,) = yunet.follow(moved, [known])
+    assert iou(corners(known) + [-20, 15, -20, 15], corners(followed)[None])[0] >= 0.6
+    assert abs(eye_angle(followed.keypoints) - eye_angle(known.keypoints)) < 8
+
+
 @pytest.mark.parametrize("name", PYRAMID + ["haar"])
 def test_no_faces_in_face_free_photographs(detectors, name):
     skimage_data = pytest.importorskip("skimage.data")
@@ -221,3 +266,9 @@ def test_a_face_seen_whole_and_in_part_keeps_one_box():
     kept = drop_nested([whole, lower_half, neighbour])
     assert kept == [lower_half, neighbour]
     assert drop_nested([whole, neighbour]) == [whole, neighbour]
+
+
+def test_unmatched_keeps_detections_that_overlap_none_of_the_others():
+    a, b, c = Detection((0, 0, 50, 50), 0.9), Detection((200, 0, 50, 50), 0.9), Detection((5, 5, 50, 50), 0.8)
+    assert unmatched([a, b], [c]) == [b]
+    assert unmatched([a, b], []) == [a, b] and unmatched([], [a]) == []

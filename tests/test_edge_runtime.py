@@ -18,6 +18,7 @@ from fer_edge.edge_runtime.commands import demo, predict
 from fer_edge.edge_runtime.blazeface import SHORT_RANGE
 from fer_edge.edge_runtime.pyramid import DETECTOR_ASSETS
 from fer_edge.edge_runtime.scenes import background, compose_scene, write_video
+from fer_edge.edge_runtime.sources import read_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 # LiteRT's Delegate.__del__ raises while tearing down a delegate it failed to build; harmless.
@@ -199,6 +200,24 @@ def test_pipeline_carries_boxes_between_detections(classifier, scenes):
     assert set(face) == {"label", "box", "score", "probabilities"} and list(face["probabilities"]) == list(spec.CLASS_NAMES)
 
 
+@pytest.mark.parametrize("detector", ["yunet", "haar"])
+def test_pipeline_searches_the_whole_frame_on_every_nth_detection(classifier, test_faces, tmp_path, detector):
+    """With search_every=3 the whole frame is searched on every 3rd detection and the drifting face
+    is followed in between, found in every frame; a detector that cannot follow (Haar) searches
+    every time."""
+    boxes = write_video(tmp_path / "drift.mp4", test_faces[:1], np.random.default_rng(6), frames=12, side=150)
+    pipeline = EmotionPipeline(classifier, options=PipelineOptions(detector=detector, search_every=3))
+    calls = []
+    for method in ("detect", "follow"):
+        if hasattr(pipeline.detector, method):
+            original = getattr(pipeline.detector, method)
+            setattr(pipeline.detector, method, lambda *args, _m=method, _f=original: calls.append(_m) or _f(*args))
+    results = [pipeline.process(frame) for frame in read_frames(str(tmp_path / "drift.mp4"))]
+    assert calls == (["detect", "follow", "follow"] * 4 if detector == "yunet" else ["detect"] * 12)
+    assert all(len(r.faces) == 1 and _iou(r.faces[0].box, box) >= 0.3 for r, box in zip(results, boxes)), \
+        [(r.faces and r.faces[0].box, box) for r, box in zip(results, boxes)]
+
+
 # ---------------------------------------------------------------- command line
 
 
@@ -212,7 +231,7 @@ def test_predict_on_a_video_with_annotation(int8_model_path, test_faces, tmp_pat
     video = tmp_path / "clip.mp4"
     boxes = write_video(video, test_faces[:3], np.random.default_rng(4), frames=30, side=170)
     result = CliRunner().invoke(predict, [str(video), "--model", str(int8_model_path), "--threads", "1",
-                                          "--detect-every", "2", "--annotate", str(tmp_path / "out")])
+                                          "--detect-every", "2", "--search-every", "2", "--annotate", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     frames = _lines(result.stdout)
     assert [f["frame"] for f in frames] == list(range(30))

@@ -15,6 +15,7 @@ from fer_edge.cli import main
 from fer_edge.edge_runtime.classifier import SHIPPED_MODEL
 from fer_edge.edge_runtime.commands import SAMPLE_IMAGE, demo, predict
 from fer_edge.edge_runtime.detection import Detection, create_detector
+from fer_edge.edge_runtime.daemon.config import PipelineConfig
 from fer_edge.edge_runtime.pipeline import PipelineOptions, eye_angle, face_crop, square_crop
 from fer_edge.edge_runtime.scenes import tilted_frame
 
@@ -126,16 +127,20 @@ def test_turned_search_reaches_the_detector_from_predict(fer2013, tmp_path):
     assert counts == {"--turned-search": 1, "--no-turned-search": 0, None: 1 if PipelineOptions.turned_search else 0}
 
 
-def test_daemon_takes_turned_search_from_flag_and_file(tmp_path):
+@pytest.mark.parametrize("key, flags, value", [("turned_search", ("--turned-search", "--no-turned-search"), "false"),
+                                              ("search_every", ("--search-every=2", "--search-every=7"), "3")])
+def test_daemon_takes_detection_settings_from_flag_and_file(tmp_path, key, flags, value):
     source = tmp_path / "v.mp4"
     writer = cv2.VideoWriter(str(source), cv2.VideoWriter_fourcc(*"mp4v"), 5.0, (64, 48))
     writer.write(np.zeros((48, 64, 3), np.uint8))
     writer.release()
     config = tmp_path / "daemon.toml"
-    config.write_text("[pipeline]\nturned_search = false\n")
+    config.write_text(f"[pipeline]\n{key} = {value}\n")
     base = ["daemon", "--source", str(source), "--check-config"]
-    for args, expected in [([], PipelineOptions.turned_search), (["--no-turned-search"], False),
-                           (["--config", str(config)], False), (["--config", str(config), "--turned-search"], True)]:
+    default = str(getattr(PipelineConfig, key)).lower()
+    shown = lambda flag: "false" if flag.startswith("--no-") else "true" if "=" not in flag else flag.split("=")[1]  # noqa: E731
+    for args, expected in [([], default), ([flags[1]], shown(flags[1])), (["--config", str(config)], value),
+                           (["--config", str(config), flags[0]], shown(flags[0]))]:
         result = CliRunner().invoke(main, base + args)
         assert result.exit_code == 0, result.output
-        assert f"turned_search = {str(expected).lower()}" in result.output, (args, result.output)
+        assert f"{key} = {expected}" in result.output, (args, result.output)

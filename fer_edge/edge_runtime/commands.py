@@ -61,7 +61,7 @@ def runtime_options(command):
 
 
 def build_pipeline(model_path, verify_sha256, threads, device, fallback_cpu, tta, calibration, detector, detector_model,
-                   min_face, turned_search, align, detect_every=1, max_frame_pixels=None):
+                   min_face, turned_search, align, detect_every=None, search_every=None, max_frame_pixels=None):
     """An EmotionPipeline from the command-line options; problems become one-line click errors."""
     from fer_edge.edge_runtime.classifier import ClassifierOptions, resolve_model
     from fer_edge.edge_runtime.errors import FerEdgeError
@@ -74,10 +74,11 @@ def build_pipeline(model_path, verify_sha256, threads, device, fallback_cpu, tta
         classifier = ClassifierOptions(resolve_model(model_path), threads, device, fallback_cpu, verify_sha256, **given)
         given = {key: value for key, value in dict(detector=detector, detector_model=detector_model,
                                                    min_face=min_face, turned_search=turned_search,
-                                                   align=align).items() if value is not None}
+                                                   align=align, detect_every=detect_every,
+                                                   search_every=search_every).items() if value is not None}
         if max_frame_pixels is not None:
             given["max_frame_pixels"] = max_frame_pixels or None
-        return EmotionPipeline.create(classifier, PipelineOptions(**given, detect_every=detect_every))
+        return EmotionPipeline.create(classifier, PipelineOptions(**given))
     except FerEdgeError as error:  # the verbs are also invoked outside the `fer-edge` group (tests, scripts)
         raise click.ClickException(str(error)) from None
 
@@ -142,8 +143,13 @@ def _warnings_to(bar):
 @click.command()
 @click.argument("sources", nargs=-1, required=True)
 @runtime_options
-@click.option("--detect-every", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Detect faces on every Nth video frame and reuse the boxes in between.")
+@click.option("--detect-every", type=click.IntRange(min=1), default=None,
+              help="Detect faces on every Nth video frame and reuse the boxes in between. Default: 1 "
+                   "(PipelineOptions.detect_every).")
+@click.option("--search-every", type=click.IntRange(min=1), default=None,
+              help="Search the whole video frame on every Nth detection; in between, only find the faces already "
+                   "found again, around their last place (cheaper; new faces wait for the next search). "
+                   "Default: 1 (PipelineOptions.search_every).")
 @click.option("--annotate", "annotate_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write annotated images (boxes and emotions drawn on each input; videos and cameras as .mp4) "
                    "into DIR. This saves pictures of faces to disk.")

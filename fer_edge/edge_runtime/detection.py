@@ -50,7 +50,10 @@ class Detection:
 
 
 class FaceDetector(Protocol):
-    """Anything that finds faces in an 8-bit grayscale image."""
+    """Anything that finds faces in an 8-bit grayscale image. A detector that can find faces it
+    knows from an earlier frame more cheaply than by a whole search also has
+    `follow(gray, detections) -> list[Detection]` (the pyramid detectors: `pyramid.py`), which
+    video pipelines use between whole searches (`PipelineOptions.search_every`)."""
 
     crop_margin: float
     """Margin, as a fraction of the box side, that turns this detector's box into a FER2013-like crop."""
@@ -75,6 +78,13 @@ def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
     area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
     return inter / np.maximum(area(box) + area(boxes) - inter, 1e-9)
+
+
+def unmatched(detections: list[Detection], others: list[Detection], threshold: float = 0.3) -> list[Detection]:
+    """The detections whose boxes overlap none of `others`' by more than `threshold` IoU."""
+    corners = lambda ds: np.array([[x, y, x + w, y + h] for x, y, w, h in (d.box for d in ds)], float)  # noqa: E731
+    theirs = corners(others)
+    return [d for d, box in zip(detections, corners(detections)) if not len(theirs) or iou(box, theirs).max() <= threshold]
 
 
 def weighted_nms(boxes: np.ndarray, scores: np.ndarray, keypoints: np.ndarray, threshold: float) -> list[Detection]:

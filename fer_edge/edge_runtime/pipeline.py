@@ -10,7 +10,7 @@ import numpy as np
 from fer_edge import spec
 from fer_edge.edge_runtime.classifier import ClassifierOptions, EmotionClassifier
 from fer_edge.edge_runtime.detection import (DEFAULT_DETECTOR, DEFAULT_MIN_FACE, Detection, FaceDetector, create_detector,
-                                             eye_angle)
+                                             eye_angle, unmatched)
 
 
 @dataclass
@@ -25,6 +25,13 @@ class PipelineOptions:
 
     detect_every: int = 1
     """Run the detector on every Nth frame and carry its boxes over to the frames in between."""
+
+    search_every: int = 1
+    """Search the whole frame on every Nth detection; the detections in between only find the faces
+    already found again, each in a view around its last place (one small invoke a face, with the
+    `yunet` and `blazeface-*` detectors; others search the whole frame each time), and a face a
+    whole search misses is still looked for where it was. A new face waits for the next whole
+    search: up to `detect_every * search_every` frames (`benchmarks/video_detection.py`)."""
 
     margin: float | None = None
     """Crop margin as a fraction of the box side; None uses the detector's own `crop_margin`."""
@@ -150,7 +157,7 @@ class EmotionPipeline:
 
     def reset(self) -> None:
         """Forget carried-over boxes, e.g. before a new video."""
-        self._frame_index = 0
+        self._frame_index = self._detections_made = 0
         self._detections: list[Detection] = []
 
     def process(self, frame: np.ndarray) -> FrameResult:
@@ -159,7 +166,17 @@ class EmotionPipeline:
         gray = spec.to_gray(frame)
         converted = time.perf_counter()
         if self._frame_index % max(1, self.options.detect_every) == 0:
-            self._detections = self.detector.detect(gray)
+            follow = getattr(self.detector, "follow", None)  # detectors that can find known faces cheaply
+            if follow is None:
+                self._detections = self.detector.detect(gray)
+            elif self._detections_made % max(1, self.options.search_every) == 0:
+                # A face the whole search misses this time is still looked for where it was.
+                found = self.detector.detect(gray)
+                lost = unmatched(self._detections, found)
+                self._detections = found + (unmatched(follow(gray, lost), found) if lost else [])
+            else:
+                self._detections = follow(gray, self._detections)
+            self._detections_made += 1
         self._frame_index += 1
         detected = time.perf_counter()
         crops = []

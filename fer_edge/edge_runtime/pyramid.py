@@ -57,6 +57,10 @@ class PyramidModel:
     turned_score: float = 0.0
     """Score a face the upright search does not confirm must reach in its best view: more views
     are more chances for a texture, so this is calibrated on face-free photographs on its own."""
+    follow_score: float = 1.0
+    """Score a face found in an earlier frame must keep to be followed (`PyramidDetector.follow`),
+    if below the detector's own threshold: as a tracker keeps a track on weaker evidence than it
+    starts one, so that a face whose score wavers about the threshold is not lost between searches."""
 
 
 def corners(detections: list[Detection]) -> np.ndarray:
@@ -67,6 +71,19 @@ def corners(detections: list[Detection]) -> np.ndarray:
 def crop_sides(boxes: np.ndarray, box_to_crop: float) -> np.ndarray:
     """The side of the FER2013-style face crop each (x0, y0, x1, y1) box stands for."""
     return np.sqrt(np.clip((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 0, None)) / box_to_crop
+
+
+def unmap(boxes: np.ndarray, keypoints: np.ndarray, to_view: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes (x0, y0, x1, y1) and keypoints found in a view made with the affine map `to_view`
+    (frame pixels -> view pixels: a turn and a scale), back in frame pixels: boxes as axis-aligned
+    boxes of their sides about their centres, keypoints exactly."""
+    import cv2
+
+    back = cv2.invertAffineTransform(to_view)
+    scale = np.sqrt(abs(np.linalg.det(back[:, :2])))
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2 @ back[:, :2].T + back[:, 2]
+    half = (boxes[:, 2:] - boxes[:, :2]) / 2 * scale
+    return np.concatenate([centres - half, centres + half], axis=1), (keypoints @ back[:, :2].T + back[:, 2]).astype(np.float32)
 
 
 def plausible(boxes: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
@@ -194,17 +211,17 @@ class PyramidDetector:
                         if side >= smallest]
             if self.verify:
                 doubtful = [replace(d, score=self._look(gray, d, self._upright_turn(d))) for d in doubtful]
-            kept = self._add_views(kept, doubtful)
+            kept = self._add_views(kept, doubtful, max(self.min_score, self.model.turned_score))
         return drop_nested(kept)
 
-    def _add_views(self, kept: list[Detection], doubtful: list[Detection]) -> list[Detection]:
+    def _add_views(self, kept: list[Detection], doubtful: list[Detection], min_score: float) -> list[Detection]:
         """`kept` and, of the other candidates, the best-scoring one of each face not yet kept, if
-        it reaches `turned_score`. A face scores highest in the view that shows it nearest
+        it reaches `min_score`. A face scores highest in the view that shows it nearest
         upright, whose keypoints are best placed too; blending the views would tilt an upright
         face's keypoints and blur its box with a turned search's coarser one."""
         kept = list(kept)
         for d in sorted(doubtful, key=lambda d: -d.score):
-            if d.score >= max(self.min_score, self.model.turned_score) and (
+            if d.score >= min_score and (
                     not kept or iou(corners([d])[0], corners(kept)).max() <= self.NMS_IOU):
                 kept.append(d)
         return kept
@@ -246,12 +263,11 @@ class PyramidDetector:
         turn[:, 2] += (size[0] - width) / 2, (size[1] - height) / 2  # the whole frame on the turned canvas
         turned = cv2.warpAffine(small, turn, size, flags=cv2.INTER_LINEAR, borderValue=0)
         boxes, scores, keypoints = self._search(turned, max(1, round(min_face * shrink)))
-        back = cv2.invertAffineTransform(turn) / shrink  # turned pixels -> frame pixels
-        centres = (boxes[:, :2] + boxes[:, 2:]) / 2 @ back[:, :2].T + back[:, 2]
-        half = (boxes[:, 2:] - boxes[:, :2]) / shrink / 2
+        turn[:, :2] *= shrink  # frame pixels -> turned pixels
+        boxes, keypoints = unmap(boxes, keypoints, turn)
+        centres = (boxes[:, :2] + boxes[:, 2:]) / 2
         inside = (centres >= 0).all(1) & (centres[:, 0] < gray.shape[1]) & (centres[:, 1] < gray.shape[0])
-        return (np.concatenate([centres - half, centres + half], axis=1)[inside], scores[inside],
-                (keypoints @ back[:, :2].T + back[:, 2])[inside].astype(np.float32))
+        return boxes[inside], scores[inside], keypoints[inside]
 
     def _in_range(self, boxes: np.ndarray, scores: np.ndarray, keypoints: np.ndarray, scale: float):
         """Only the candidates a pyramid level is responsible for: faces whose side in the model's
@@ -262,22 +278,60 @@ class PyramidDetector:
         keep = (side >= 0.7 * lo) & (side <= 1.15 * hi)
         return boxes[keep], scores[keep], keypoints[keep]
 
+    def _view(self, gray: np.ndarray, detection: Detection, angle: float, face: float):
+        """A square view around `detection`, turned by `angle` degrees (counter-clockwise) about its
+        centre, in which its box's longer side spans `face` pixels of the model's native input; and
+        the affine map from frame pixels to the view's. Out-of-frame parts are zeros, as the
+        letterbox of a window is."""
+        import cv2
+
+        x, y, w, h = detection.box
+        side = max(2, round(max(w, h) * self.model.input / face))
+        turn = cv2.getRotationMatrix2D((x + w / 2, y + h / 2), angle, 1.0)
+        turn[:, 2] -= (round(x + w / 2 - side / 2), round(y + h / 2 - side / 2))
+        return cv2.warpAffine(gray, turn, (side, side), flags=cv2.INTER_LINEAR, borderValue=0), turn
+
+    def _run_view(self, view: np.ndarray):
+        """Candidates (boxes, scores, keypoints), in the view's pixels, from a square view fed at
+        the native input size."""
+        side, size = view.shape[0], self.model.input
+        return self._run(view, Window(0, 0, side, side, size / side, size, size), self.model.min_score)
+
     def _look(self, gray: np.ndarray, detection: Detection, angle: float) -> float:
         """The second look: the model's score for `detection` seen again at its most familiar
         scale, turned by `angle` degrees (counter-clockwise) about its centre. The view is a square
         around it, fed at the native input size, in which the face spans the geometric middle of
         the face range (~60 of 128 px for BlazeFace short-range); 0 when the model finds no face
         there. Textures that fire at one pyramid level rarely keep a face's score there; faces do."""
-        import cv2
-
-        x, y, w, h = detection.box
-        size = self.model.input
-        side = max(2, round(max(w, h) * size / np.sqrt(self.model.face_range[0] * self.model.face_range[1])))
-        turn = cv2.getRotationMatrix2D((x + w / 2, y + h / 2), angle, 1.0)
-        turn[:, 2] -= (round(x + w / 2 - side / 2), round(y + h / 2 - side / 2))
-        # Out-of-frame parts are padded with zeros, as the letterbox of a window is.
-        crop = cv2.warpAffine(gray, turn, (side, side), flags=cv2.INTER_LINEAR, borderValue=0)
-        boxes, scores, _ = self._run(crop, Window(0, 0, side, side, size / side, size, size), self.model.min_score)
+        _, _, w, h = detection.box
+        view, _ = self._view(gray, detection, angle, np.sqrt(self.model.face_range[0] * self.model.face_range[1]))
+        boxes, scores, _ = self._run_view(view)
+        side = view.shape[0]
         centre = np.array([side / 2 - w / 2, side / 2 - h / 2, side / 2 + w / 2, side / 2 + h / 2], np.float32)
         same = iou(centre, boxes) > self.NMS_IOU if len(boxes) else np.zeros(0, bool)
         return float(scores[same].max()) if same.any() else 0.0
+
+    def follow(self, gray: np.ndarray, detections: list[Detection]) -> list[Detection]:
+        """The faces of `detections`, found in an earlier frame, found again in `gray`: each in the
+        view of its second look around its last place, turned upright by its eye line, where it may
+        have moved by about a third of its side and grown or shrunk by half. A face is kept while it
+        scores `follow_score` there; it is dropped when gone. One small invoke a face instead of a
+        whole search: new faces wait for the next `detect`."""
+        keep_score = min(self.min_score, self.model.follow_score)
+        found = []
+        for last in detections:
+            view, turn = self._view(gray, last, self._upright_turn(last),
+                                    np.sqrt(self.model.face_range[0] * self.model.face_range[1]))
+            boxes, scores, keypoints = self._run_view(view)
+            boxes, keypoints = unmap(boxes, keypoints, turn)
+            growth = crop_sides(boxes, 1.0) / np.sqrt(last.box[2] * last.box[3])
+            keep = (growth > 2 / 3) & (growth < 1.5) & (scores >= keep_score)
+            if self.check_keypoints:
+                keep &= plausible(boxes, self._landmarks(keypoints))
+            if keep.any():
+                # The face nearest its last place: the view may hold a neighbour that scores higher.
+                found.append(min(weighted_nms(boxes[keep], scores[keep], keypoints[keep], self.NMS_IOU),
+                                 key=lambda d: np.hypot(d.box[0] + d.box[2] / 2 - last.box[0] - last.box[2] / 2,
+                                                        d.box[1] + d.box[3] / 2 - last.box[1] - last.box[3] / 2)))
+        # Two faces that met are one now.
+        return drop_nested(self._add_views([], found, 0.0))

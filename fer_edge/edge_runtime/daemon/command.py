@@ -30,6 +30,9 @@ FLAGS: tuple[tuple[str, str, dict], ...] = (
      dict(help="Also search frames turned +-30 degrees for tilted heads (yunet; ~1.6x the detection CPU).")),
     ("--align/--no-align", "pipeline.align", dict(help="Turn each face upright by its eye line before cropping.")),
     ("--detect-every", "pipeline.detect_every", dict(type=int, metavar="N", help="Detect faces on every Nth frame.")),
+    ("--search-every", "pipeline.search_every",
+     dict(type=int, metavar="N", help="Search the whole frame on every Nth detection; in between, find the known "
+                                      "faces again around their last place.")),
     ("--max-fps", "pipeline.max_fps", dict(type=float, help="Process at most this many frames a second (0: no cap).")),
     ("--threads", "model.threads", dict(type=int, help="Interpreter threads.")),
     ("--device", "model.device", dict(help="cpu, edgetpu, edgetpu:usb or edgetpu:pci.")),

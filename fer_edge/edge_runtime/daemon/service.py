@@ -58,7 +58,7 @@ def build_pipeline(config: DaemonConfig) -> EmotionPipeline:
         PipelineOptions(detector=config.pipeline.detector, detector_model=config.pipeline.detector_model or None,
                         min_face=config.pipeline.min_face, turned_search=config.pipeline.turned_search,
                         align=config.pipeline.align,
-                        detect_every=config.pipeline.detect_every))
+                        detect_every=config.pipeline.detect_every, search_every=config.pipeline.search_every))
 
 
 class Daemon:
