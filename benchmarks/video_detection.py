@@ -14,12 +14,10 @@ and nothing remembered.
 
     python benchmarks/video_detection.py                    # 640x480, 1280x720, 1920x1080; speeds 0.05 and 0.1
     python benchmarks/video_detection.py --resolution 1280x720 --speed 0.05 --search-every 1,5,10
-    python benchmarks/video_detection.py --resolution 1280x720 --search-every 5 --follow-score 0.7
 """
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -96,19 +94,16 @@ def run(pipeline: EmotionPipeline, frames: list[np.ndarray]) -> tuple[list[np.nd
               help="Comma-separated speeds of the faces, in face sides a frame.")
 @click.option("--search-every", "search_every", default="1,5,10", show_default=True,
               help="Comma-separated settings of PipelineOptions.search_every to compare.")
-@click.option("--follow-score", type=float, default=None,
-              help="Score a known face must keep to be followed (PyramidModel.follow_score; default: the detector's).")
 @click.option("--faces", "count", default=8, show_default=True, help="Faces in each video.")
 @click.option("--frames", default=90, show_default=True, help="Frames in each video.")
 @click.option("--empty", "n_empty", default=10, show_default=True, help="Face-free videos per resolution.")
-def main(data, split, detector, resolutions, speeds, search_every, follow_score, count, frames, n_empty):
+def main(data, split, detector, resolutions, speeds, search_every, count, frames, n_empty):
     """Measure how the pipeline finds moving faces with and without following them."""
     cv2.setNumThreads(1)
     photos, faces = photographs(), fer_faces(data, split)
     classifier = EmotionClassifier(ClassifierOptions(SHIPPED_MODEL, num_threads=1))
     settings = [int(n) for n in search_every.split(",")]
-    click.echo(f"{detector}" + ("" if follow_score is None else f", follow score {follow_score}")
-               + f", detect every {DETECT_EVERY} frames; {count} faces of 32-160 px, {frames} frames a video; "
+    click.echo(f"{detector}, detect every {DETECT_EVERY} frames; {count} faces of 32-160 px, {frames} frames a video; "
                f"{n_empty} face-free videos")
     click.echo(f"{'frame':>9} {'search every':>14} " + " ".join(f"{f'recall @{s}':>12}" for s in speeds.split(","))
                + f" {'CPU ms/frame':>13} {'false/frame':>12} {'CPU ms (no face)':>17}")
@@ -120,8 +115,6 @@ def main(data, split, detector, resolutions, speeds, search_every, follow_score,
         empty = [image for _ in range(n_empty) for image in shaken(rng, photos, width, height, 30)]
         for every in [None] + settings:
             found_by = create_detector(detector, num_threads=1)
-            if follow_score is not None:
-                found_by.model = replace(found_by.model, follow_score=follow_score)
             pipeline = EmotionPipeline(classifier, found_by if every else SearchOnly(found_by),
                                        PipelineOptions(detect_every=DETECT_EVERY, search_every=every or 1))
             recalls, costs = [], []

@@ -29,9 +29,11 @@ class PipelineOptions:
     search_every: int = 1
     """Search the whole frame on every Nth detection; the detections in between only find the faces
     already found again, each in a view around its last place (one small invoke a face, with the
-    `yunet` and `blazeface-*` detectors; others search the whole frame each time), and a face a
-    whole search misses is still looked for where it was. A new face waits for the next whole
-    search: up to `detect_every * search_every` frames (`benchmarks/video_detection.py`)."""
+    `yunet` and `blazeface-*` detectors; others search the whole frame each time). A face a whole
+    search misses is still looked for where it was; when a face is lost in between, the whole frame
+    is searched at once and on the next detections until as many faces are found again (at most
+    `search_every` times). A new face waits for the next whole search: up to
+    `detect_every * search_every` frames (`benchmarks/video_detection.py`)."""
 
     margin: float | None = None
     """Crop margin as a fraction of the box side; None uses the detector's own `crop_margin`."""
@@ -157,8 +159,32 @@ class EmotionPipeline:
 
     def reset(self) -> None:
         """Forget carried-over boxes, e.g. before a new video."""
-        self._frame_index = self._detections_made = 0
+        self._frame_index = self._follows_left = self._hunting = self._wanted = 0
         self._detections: list[Detection] = []
+
+    def _find_faces(self, gray: np.ndarray) -> list[Detection]:
+        """This detection's faces: a whole search on every `search_every`-th detection, the known
+        faces followed in between (see `PipelineOptions.search_every`)."""
+        follow = getattr(self.detector, "follow", None)  # detectors that can find known faces cheaply
+        if follow is None:
+            return self.detector.detect(gray)
+        every, followed = max(1, self.options.search_every), None
+        if self._follows_left > 0 and not self._hunting:
+            self._follows_left -= 1
+            followed = follow(gray, self._detections)
+            if len(followed) == len(self._detections):
+                return followed
+            # A face was lost (it moved far, turned or left): search the whole frame from now on,
+            # until as many faces are found again, for at most `search_every` detections.
+            self._hunting, self._wanted = every, len(self._detections)
+        found = self.detector.detect(gray)
+        if followed is None:  # a face the whole search misses is still looked for where it was
+            lost = unmatched(self._detections, found)
+            followed = follow(gray, lost) if lost else []
+        faces = found + unmatched(followed, found)
+        self._hunting = 0 if len(faces) >= self._wanted else max(0, self._hunting - 1)
+        self._follows_left = every - 1
+        return faces
 
     def process(self, frame: np.ndarray) -> FrameResult:
         """Find the faces in a BGR or gray frame and classify their emotions."""
@@ -166,17 +192,7 @@ class EmotionPipeline:
         gray = spec.to_gray(frame)
         converted = time.perf_counter()
         if self._frame_index % max(1, self.options.detect_every) == 0:
-            follow = getattr(self.detector, "follow", None)  # detectors that can find known faces cheaply
-            if follow is None:
-                self._detections = self.detector.detect(gray)
-            elif self._detections_made % max(1, self.options.search_every) == 0:
-                # A face the whole search misses this time is still looked for where it was.
-                found = self.detector.detect(gray)
-                lost = unmatched(self._detections, found)
-                self._detections = found + (unmatched(follow(gray, lost), found) if lost else [])
-            else:
-                self._detections = follow(gray, self._detections)
-            self._detections_made += 1
+            self._detections = self._find_faces(gray)
         self._frame_index += 1
         detected = time.perf_counter()
         crops = []

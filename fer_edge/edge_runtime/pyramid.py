@@ -57,10 +57,6 @@ class PyramidModel:
     turned_score: float = 0.0
     """Score a face the upright search does not confirm must reach in its best view: more views
     are more chances for a texture, so this is calibrated on face-free photographs on its own."""
-    follow_score: float = 1.0
-    """Score a face found in an earlier frame must keep to be followed (`PyramidDetector.follow`),
-    if below the detector's own threshold: as a tracker keeps a track on weaker evidence than it
-    starts one, so that a face whose score wavers about the threshold is not lost between searches."""
 
 
 def corners(detections: list[Detection]) -> np.ndarray:
@@ -315,9 +311,8 @@ class PyramidDetector:
         """The faces of `detections`, found in an earlier frame, found again in `gray`: each in the
         view of its second look around its last place, turned upright by its eye line, where it may
         have moved by about a third of its side and grown or shrunk by half. A face is kept while it
-        scores `follow_score` there; it is dropped when gone. One small invoke a face instead of a
-        whole search: new faces wait for the next `detect`."""
-        keep_score = min(self.min_score, self.model.follow_score)
+        scores the detector's threshold there; it is dropped when gone. One small invoke a face
+        instead of a whole search: new faces wait for the next `detect`."""
         found = []
         for last in detections:
             view, turn = self._view(gray, last, self._upright_turn(last),
@@ -325,7 +320,7 @@ class PyramidDetector:
             boxes, scores, keypoints = self._run_view(view)
             boxes, keypoints = unmap(boxes, keypoints, turn)
             growth = crop_sides(boxes, 1.0) / np.sqrt(last.box[2] * last.box[3])
-            keep = (growth > 2 / 3) & (growth < 1.5) & (scores >= keep_score)
+            keep = (growth > 2 / 3) & (growth < 1.5) & (scores >= self.min_score)
             if self.check_keypoints:
                 keep &= plausible(boxes, self._landmarks(keypoints))
             if keep.any():

@@ -31,15 +31,9 @@ HEAD_CHANNELS = (2, 4, 10)
 # Its scores fall on heads tilted past ~15 degrees (benchmarks/upright.py): the frame is also searched
 # turned by 30 degrees each way. Faces found only so must score 0.8: on benchmarks/detection.py's
 # face-free images the extra views' textures scored 0.74-0.83 (0.825 on a box below tilt_min_face,
-# now left out); 95% of the tilted FER2013 faces they add score 0.8 or more. A known face is followed
-# while it scores 0.6 (`PyramidDetector.follow`): `benchmarks/video_detection.py --search-every 1,5
-# --follow-score F`, searching every 5th detection, found 0.800 / 0.625 / 0.733 of the moving faces
-# at 0.05 of their side a frame and 0.887 / 0.696 / 0.821 at 0.1 (640x480 / 1280x720 / 1920x1080)
-# at 0.6, against 0.796 / 0.621 / 0.733 and 0.821 / 0.613 / 0.811 at 0.7; false boxes on face-free
-# videos rose from 0.00 / 0.02 / 0.02 to 0.00 / 0.06 / 0.04 a frame (0.00 / 0.10 / 0.06 without
-# following); 0.5 gained 0-2.8 points more, at 0.00 / 0.07 / 0.03 false boxes a frame.
+# now left out); 95% of the tilted FER2013 faces they add score 0.8 or more.
 YUNET = PyramidModel("face_detection_yunet.tflite", 160, 0.2, 0.7, (32.0, 280.0), True, 0.92, multiple=32,
-                     tilts=(-30.0, 30.0), turned_score=0.8, follow_score=0.6)
+                     tilts=(-30.0, 30.0), turned_score=0.8)
 
 
 class YuNetDetector(PyramidDetector):
