@@ -223,6 +223,23 @@ def test_pipeline_searches_the_whole_frame_on_every_nth_detection(classifier, te
         [(r.faces and r.faces[0].box, box) for r, box in zip(results, boxes)]
 
 
+def test_a_face_lost_between_searches_brings_the_whole_search_forward(classifier):
+    """search_every=5, a face for 4 frames, then none: the face is followed, its loss at frame 3
+    brings a whole search to that very detection, and the next detections keep searching the whole
+    frame while the face is missing (at most search_every times)."""
+    import cv2
+
+    photo = cv2.imread(str(ROOT / "fer_edge" / "assets" / "astronaut.jpg"))
+    pipeline = EmotionPipeline(classifier, options=PipelineOptions(search_every=5))
+    calls = []
+    for method in ("detect", "follow"):
+        original = getattr(pipeline.detector, method)
+        setattr(pipeline.detector, method, lambda *args, _m=method, _f=original: calls.append(_m) or _f(*args))
+    found = [len(pipeline.process(frame).faces) for frame in [photo] * 3 + [np.zeros_like(photo)] * 4]
+    assert found == [1, 1, 1, 0, 0, 0, 0]
+    assert calls == ["detect", "follow", "follow", "follow", "detect", "detect", "detect", "detect"], calls
+
+
 # ---------------------------------------------------------------- command line
 
 

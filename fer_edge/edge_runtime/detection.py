@@ -80,9 +80,13 @@ def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area(box) + area(boxes) - inter, 1e-9)
 
 
+def corners(detections: list[Detection]) -> np.ndarray:
+    """(N, 4) boxes (x0, y0, x1, y1) of detections."""
+    return np.array([[x, y, x + w, y + h] for x, y, w, h in (d.box for d in detections)], np.float32).reshape(-1, 4)
+
+
 def unmatched(detections: list[Detection], others: list[Detection], threshold: float = 0.3) -> list[Detection]:
     """The detections whose boxes overlap none of `others`' by more than `threshold` IoU."""
-    corners = lambda ds: np.array([[x, y, x + w, y + h] for x, y, w, h in (d.box for d in ds)], float)  # noqa: E731
     theirs = corners(others)
     return [d for d, box in zip(detections, corners(detections)) if not len(theirs) or iou(box, theirs).max() <= threshold]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_edge.edge_runtime.detection import DEFAULT_MIN_FACE, Detection, drop_nested, eye_angle, iou, weighted_nms
+from fer_edge.edge_runtime.detection import DEFAULT_MIN_FACE, Detection, corners, drop_nested, eye_angle, iou, weighted_nms
 from fer_edge.edge_runtime.errors import ModelError
 from fer_edge.edge_runtime.interpreter import make_interpreter
 from fer_edge.edge_runtime.search import Window, search_windows
@@ -57,11 +57,6 @@ class PyramidModel:
     turned_score: float = 0.0
     """Score a face the upright search does not confirm must reach in its best view: more views
     are more chances for a texture, so this is calibrated on face-free photographs on its own."""
-
-
-def corners(detections: list[Detection]) -> np.ndarray:
-    """(N, 4) boxes (x0, y0, x1, y1) of detections."""
-    return np.array([[x, y, x + w, y + h] for x, y, w, h in (d.box for d in detections)], np.float32).reshape(-1, 4)
 
 
 def crop_sides(boxes: np.ndarray, box_to_crop: float) -> np.ndarray:
@@ -133,6 +128,8 @@ class PyramidDetector:
         self.tilts = model.tilts if tilts is None else tuple(tilts)
         """Angles of the turned searches (`PyramidModel.tilts`); () searches upright only, for less CPU."""
         self.min_score = model.calibrated_score if min_score is None else min_score
+        self._look_face = float(np.sqrt(model.face_range[0] * model.face_range[1]))
+        """Side, in input pixels, a face spans in its second look: the geometric middle of the face range."""
         self._path, self._threads = path, num_threads
         # One interpreter per input shape: re-allocating tensors on every shape change costs more
         # than the inference (a frame's pyramid levels all have different shapes).
@@ -300,7 +297,7 @@ class PyramidDetector:
         the face range (~60 of 128 px for BlazeFace short-range); 0 when the model finds no face
         there. Textures that fire at one pyramid level rarely keep a face's score there; faces do."""
         _, _, w, h = detection.box
-        view, _ = self._view(gray, detection, angle, np.sqrt(self.model.face_range[0] * self.model.face_range[1]))
+        view, _ = self._view(gray, detection, angle, self._look_face)
         boxes, scores, _ = self._run_view(view)
         side = view.shape[0]
         centre = np.array([side / 2 - w / 2, side / 2 - h / 2, side / 2 + w / 2, side / 2 + h / 2], np.float32)
@@ -315,8 +312,7 @@ class PyramidDetector:
         instead of a whole search: new faces wait for the next `detect`."""
         found = []
         for last in detections:
-            view, turn = self._view(gray, last, self._upright_turn(last),
-                                    np.sqrt(self.model.face_range[0] * self.model.face_range[1]))
+            view, turn = self._view(gray, last, self._upright_turn(last), self._look_face)
             boxes, scores, keypoints = self._run_view(view)
             boxes, keypoints = unmap(boxes, keypoints, turn)
             growth = crop_sides(boxes, 1.0) / np.sqrt(last.box[2] * last.box[3])
