@@ -29,7 +29,10 @@ def atomic_path(target: str | Path):
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts get the usual permissions
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError as error:  # e.g. an immutable file of that name, which no up-front probe can tell
+            raise FerEdgeError(f"{target}: cannot replace it ({error.strerror}); nothing was written") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -48,12 +48,15 @@ def contract_problems(meta: dict) -> list[str]:
                 problems.append(f"preprocessing {key} {pre[key]!r}, this runtime feeds {PREPROCESSING[key]!r}")
         for key in ("scale", "offset"):
             value = pre.get(key, PREPROCESSING[key])
-            if not isinstance(value, (int, float)) or abs(value - PREPROCESSING[key]) > 1e-9:
+            # `not <=` also catches NaN, which compares false with everything
+            if not isinstance(value, (int, float)) or not abs(value - PREPROCESSING[key]) <= 1e-9:
                 problems.append(f"preprocessing {key} {value!r}, this runtime feeds {PREPROCESSING[key]!r}")
     names = meta.get("class_names")
     if names is not None:
-        if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        if not (isinstance(names, list) and all(isinstance(n, str) and n.strip() for n in names)):
             problems.append("class_names is not a list of names")
+        elif len(set(names)) != len(names):  # results are keyed by name: a repeated one hides classes
+            problems.append(f"class_names repeats a name: {names}")
         elif len(names) != NUM_CLASSES:
             problems.append(f"{len(names)} classes, expected {NUM_CLASSES}")
     return problems

@@ -8,12 +8,13 @@ TensorFlow are kept to the few rows that need it (a run folder), the rest stay c
 from __future__ import annotations
 
 import ctypes.util
+import hashlib
+import json
 import os
 import signal
 import struct
 import subprocess
 import sys
-import time
 import zlib
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import pytest
 from conftest import write_generated_npz
 from fer_edge.atomic import atomic_path
 from fer_edge.edge_runtime.classifier import SHIPPED_MODEL
+from fer_edge.edge_runtime.commands import SAMPLE_IMAGE
 from fer_edge.errors import FerEdgeError
 
 PIXELS = " ".join(["128"] * 48 * 48)
@@ -151,6 +153,15 @@ CASES = {
                                                 random_bytes(t / "c.xml")], "c.xml: not an OpenCV cascade"),
     "predict-yunet-model-is-emotion-model": lambda t: (["predict", "x.jpg", "--detector-model", SHIPPED_MODEL],
                                                        "not the one gray input and the 2-, 4- and 10-channel maps"),
+    "predict-annotate-into-its-input-folder": lambda t: (["predict", _copy(SAMPLE_IMAGE, t / "a.jpg"), "--annotate", t],
+                                                         "would overwrite the input"),
+    "calibration-entries-a-list": lambda t: (_calibrated(t, ["ferplus"]), "m.calibration.json: not a fer-edge calibration"),
+    "calibration-entry-a-number": lambda t: (_calibrated(t, {"ferplus": 3}), "calibration 'ferplus' needs 7 finite biases"),
+    "calibration-bias-text": lambda t: (_calibrated(t, {"ferplus": {"bias": ["a"] + [0] * 6}}), "needs 7 finite biases"),
+    "calibration-temperature-null": lambda t: (_calibrated(t, {"ferplus": {"bias": [0] * 7, "temperature": None}}),
+                                               "a temperature within 0.01-100"),
+    "calibration-temperature-huge": lambda t: (_calibrated(t, {"ferplus": {"bias": [0] * 7, "temperature": 1e308}}),
+                                               "a temperature within 0.01-100, got bias [0, 0, 0, 0, 0, 0, 0] and temperature 1e+308"),
     "predict-threads-huge": lambda t: (["predict", "x.jpg", "--threads", "100000"], "--threads"),
     "predict-corrupt-model": lambda t: (["predict", "x.jpg", "--model", truncated(SHIPPED_MODEL, t / "m.tflite", 0.5)], "m.tflite"),
     # train: the numeric options and the run folder, all refused before anything is written
@@ -200,6 +211,21 @@ if not ctypes.util.find_library("edgetpu"):  # LiteRT's half-built delegate used
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+def _copy(source: Path, path: Path) -> Path:
+    return _write(path, source.read_bytes())
+
+
+def _calibrated(folder: Path, calibrations) -> list:
+    """`predict` of the shipped model (copied) with the calibration file `calibrations` beside it."""
+    from fer_edge.edge_runtime.calibration import FORMAT, sidecar_path
+
+    model = _copy(SHIPPED_MODEL, folder / "m.tflite")
+    document = {"format": FORMAT, "model_sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
+                "calibrations": calibrations}
+    _write(sidecar_path(model), json.dumps(document).encode())
+    return ["predict", "x.jpg", "--model", model, "--calibration", "ferplus"]
 
 
 def _mkdir(path: Path) -> Path:
@@ -302,6 +328,16 @@ def test_atomic_path_leaves_nothing_on_exit(tmp_path):
             tmp.write_bytes(b"half")
             raise SystemExit(143)  # what the CLI's SIGTERM handler raises
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_path_names_a_target_it_cannot_replace(tmp_path):
+    """The rename fails (here: a folder holds the name; in the field: an immutable file) after the
+    work is done: one FerEdgeError naming the target, and no temporary file left."""
+    (tmp_path / "m.tflite" / "inside").mkdir(parents=True)
+    with pytest.raises(FerEdgeError, match=r"m.tflite: cannot replace it .*nothing was written"):
+        with atomic_path(tmp_path / "m.tflite") as tmp:
+            tmp.write_bytes(b"model")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tflite"]
 
 
 def test_predict_killed_mid_video_leaves_no_annotation(tmp_path):

@@ -75,6 +75,9 @@ def test_corrupt_model(tmp_path):
     ({"preprocessing": {**spec.PREPROCESSING, "scale": 1.0}}, "preprocessing scale 1.0"),
     ({"preprocessing": {**spec.PREPROCESSING, "color": "rgb"}}, "preprocessing color 'rgb'"),
     ({"class_names": ["a", "b"]}, "2 classes"),
+    ({"class_names": ["a"] * 7}, "repeats a name"),
+    ({"class_names": ["", "b", "c", "d", "e", "f", "g"]}, "not a list of names"),
+    ({"preprocessing": {**spec.PREPROCESSING, "scale": float("nan")}}, "preprocessing scale nan"),
 ])
 def test_the_model_contract_checks_what_matters(change, refused):
     """Extra keys and minor versions load; a newer major, other numbers or other classes do not."""

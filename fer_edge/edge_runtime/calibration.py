@@ -19,6 +19,8 @@ FORMAT = "fer-edge-calibration/1"
 NONE = "none"
 # Probabilities are floored before the log: an int8 softmax output of 0 only says "below half a step".
 FLOOR = 1.0 / 512
+# A huge temperature is finite yet flattens every output to 1/7: fits and files stay within this.
+TEMPERATURE_RANGE = (0.01, 100.0)
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ def load(model_path: str | Path, name: str, model_sha256: str, num_classes: int)
     try:
         document = json.loads(path.read_text())
         entries = document["calibrations"]
+        if not isinstance(entries, dict):
+            raise TypeError(f"'calibrations' is a {type(entries).__name__}, not an object of named calibrations")
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ModelError(f"{path}: not a fer-edge calibration file ({type(error).__name__}: {error})") from None
     if document.get("model_sha256") != model_sha256:
@@ -62,7 +66,14 @@ def load(model_path: str | Path, name: str, model_sha256: str, num_classes: int)
     if name not in entries:
         raise ModelError(f"calibration {name!r} is not in {path}; it has: {', '.join(entries) or 'none'}")
     entry = entries[name]
-    bias, temperature = np.asarray(entry.get("bias", []), np.float32), float(entry.get("temperature", 1.0))
-    if bias.shape != (num_classes,) or not np.isfinite(bias).all() or not temperature > 0:
-        raise ModelError(f"{path}: calibration {name!r} needs {num_classes} finite biases and a temperature > 0")
-    return Calibration(bias, temperature)
+    try:
+        bias = np.asarray(entry.get("bias", []), np.float64)
+        temperature = float(entry.get("temperature", 1.0))
+    except (AttributeError, TypeError, ValueError):
+        bias, temperature = np.zeros(0), float("nan")
+    low, high = TEMPERATURE_RANGE
+    if bias.shape != (num_classes,) or not np.isfinite(bias).all() or not low <= temperature <= high:
+        raise ModelError(f"{path}: calibration {name!r} needs {num_classes} finite biases and a temperature "
+                         f"within {low:g}-{high:g}, got bias {entry.get('bias') if isinstance(entry, dict) else entry!r}"
+                         f"{f' and temperature {temperature:g}' if isinstance(entry, dict) else ''}")
+    return Calibration(bias.astype(np.float32), temperature)

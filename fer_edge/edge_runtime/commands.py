@@ -84,22 +84,14 @@ def build_pipeline(model_path, verify_sha256, threads, device, fallback_cpu, tta
 
 
 class AnnotationWriter:
-    """Writes annotated frames of one source into a folder: an image for an image, an .mp4 otherwise.
+    """Writes annotated frames of one source to its `annotation_paths` file (an image, or an .mp4).
 
     Frames go to a hidden temporary file that is renamed into place when the source ends, so an
     interrupted video never sits under the final name; nothing is created for a source without frames.
     """
 
-    def __init__(self, folder: Path, source: str, fps: float | None, taken: set[str]):
-        from fer_edge.edge_runtime.sources import is_camera, is_image
-
-        stem = re.sub(r"[^\w.-]+", "_", source).strip("_") if is_camera(source) else Path(source).stem
-        suffix = Path(source).suffix.lower() if is_image(source) else ".mp4"
-        name, n = stem + suffix, 1
-        while name in taken:  # two inputs with the same name from different folders
-            name, n = f"{stem}-{n}{suffix}", n + 1
-        taken.add(name)
-        self.path, self.fps, self._video, self._tmp = folder / name, fps or 15.0, None, None
+    def __init__(self, path: Path, fps: float | None):
+        self.path, self.fps, self._video, self._tmp = path, fps or 15.0, None, None
         self._files = contextlib.ExitStack()
 
     def __enter__(self):
@@ -125,6 +117,28 @@ class AnnotationWriter:
         if self._video is not None:
             self._video.release()  # finishes the .mp4 before it is renamed (or removed, on an exception)
         return self._files.__exit__(*exc_info)
+
+
+def annotation_paths(folder: Path, sources: list[str]) -> dict[str, Path]:
+    """Where each source's annotations go in `folder`: its name (an .mp4 for videos and cameras), with
+    -1, -2, ... for inputs of the same name from different folders. An input is never overwritten:
+    predicting a folder into itself is refused."""
+    from fer_edge.edge_runtime.sources import is_camera, is_image
+
+    inputs = {Path(source).resolve() for source in sources if not is_camera(source)}
+    paths, taken = {}, set()
+    for source in sources:
+        stem = re.sub(r"[^\w.-]+", "_", source).strip("_") if is_camera(source) else Path(source).stem
+        suffix = Path(source).suffix.lower() if is_image(source) else ".mp4"
+        name, n = stem + suffix, 1
+        while name in taken:
+            name, n = f"{stem}-{n}{suffix}", n + 1
+        taken.add(name)
+        if (folder / name).resolve() in inputs:
+            raise click.ClickException(f"--annotate {folder}: would overwrite the input {folder / name}; "
+                                       "write the annotations into another folder")
+        paths[source] = folder / name
+    return paths
 
 
 @contextlib.contextmanager
@@ -177,13 +191,14 @@ def predict(sources, annotate_dir, **options):
     probes = {source: probe(source) for source in paths}
     counts = [frames for frames, _ in probes.values()]
     total = None if None in counts else sum(counts)
-    processed, taken, skipped = 0, set(), []
+    targets = annotation_paths(annotate_dir, paths) if annotate_dir else {}
+    processed, skipped = 0, []
     # A bar for a single image would be noise; folders, videos and cameras get one on stderr.
     with tqdm(total=total, unit="frame", file=sys.stderr, disable=len(paths) == 1 and is_image(paths[0])) as bar, \
             _warnings_to(bar):
         for source in paths:
             pipeline.reset()
-            writer = AnnotationWriter(annotate_dir, source, probes[source][1], taken) if annotate_dir else None
+            writer = AnnotationWriter(targets[source], probes[source][1]) if annotate_dir else None
             with writer or contextlib.nullcontext():
                 try:
                     for index, frame in enumerate(read_frames(source, pipeline.options.max_frame_pixels)):

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_edge import atomic
-from fer_edge.edge_runtime.calibration import FORMAT, Calibration, sidecar_path
+from fer_edge.edge_runtime.calibration import FORMAT, TEMPERATURE_RANGE, Calibration, sidecar_path
 from fer_edge.errors import FerEdgeError
 from fer_edge.spec import NUM_CLASSES
 from fer_edge.train import ferplus
@@ -43,7 +43,9 @@ def fit_ferplus(probs: np.ndarray, votes: np.ndarray) -> Calibration:
         log_probs = Calibration(params[:NUM_CLASSES], float(np.exp(params[-1]))).log_probs(probs)
         return float(-(targets * log_probs).sum(axis=1).mean())
 
-    result = minimize(loss, np.zeros(NUM_CLASSES + 1), method="L-BFGS-B")
+    log_temperature = tuple(np.log(TEMPERATURE_RANGE))  # a fit the runtime accepts
+    result = minimize(loss, np.zeros(NUM_CLASSES + 1), method="L-BFGS-B",
+                      bounds=[(None, None)] * NUM_CLASSES + [log_temperature])
     bias = result.x[:NUM_CLASSES] - result.x[:NUM_CLASSES].mean()  # softmax ignores a common shift
     return Calibration(bias.astype(np.float32), float(np.exp(result.x[-1])))
 
