@@ -56,6 +56,26 @@ def test_csv_bad_row_is_one_clear_line_and_skippable(tmp_path, row, problem):
     assert report["total"] == 21 and "skipped 1 bad entries" in report["notes"]
 
 
+def test_csv_with_excel_bom_and_upper_case_suffixes_load(tmp_path):
+    csv_path = tmp_path / "FER.CSV"
+    csv_path.write_text(write_csv(tmp_path / "fer.csv", good_rows()).read_text(), encoding="utf-8-sig")
+    npz_path = write_generated_npz(tmp_path / "faces.npz", n_per_class=2).rename(tmp_path / "FACES.NPZ")
+    assert json.loads(run_cli("data", "inspect", csv_path, "--json").output)["total"] == 21
+    assert json.loads(run_cli("data", "inspect", npz_path, "--json").output)["total"] == 14
+
+
+@pytest.mark.parametrize("key, arrays", [
+    ("usage must be split names (N,)", {"usage": np.array(["Training", "PublicTest", "PrivateTest"]).reshape(3, 1)}),
+    ("labels must be integers (N,)", {"labels": np.array([[0, 1, 2]])}),
+])
+def test_npz_array_of_wrong_shape_is_named(tmp_path, key, arrays):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **{"images": np.zeros((3, 48, 48), np.uint8), "labels": np.array([0, 1, 2]),
+                      "usage": np.array(["Training"] * 3), **arrays})
+    output = run_cli("data", "inspect", path, expect=1).output
+    assert f"{path}: {key}" in output and len(output.strip().splitlines()) == 1
+
+
 def write_folder(root, prefixed=True):
     images, labels = generated_faces(4)
     for i, (img, label) in enumerate(zip(images, labels)):
@@ -177,6 +197,54 @@ def test_evaluate_reports_leakage_free_score(small_run, fer2013, tmp_path):
 def test_compare_table(small_run):
     out = run_cli("compare", small_run).output
     assert "| small | seresnet (edge) |" in out
+
+
+def finished_run_files(run, damage=lambda config, final: None):
+    """The two files `compare` reads, as a finished run writes them; `damage` edits them first."""
+    run.mkdir()
+    config = {"model": "seresnet", "preset": "edge", "qat_from": None, "params": 1000, "macs": 2_000_000}
+    final = {"epochs_run": 3, **{s: {"accuracy": 0.5, "f1_weighted": 0.4, "f1_macro": 0.3}
+                                 for s in ("PublicTest", "PrivateTest")}}
+    damage(config, final)
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "final_metrics.json").write_text(json.dumps(final))
+    return run
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda c, f: f.pop("PrivateTest"), "final_metrics.json: missing PrivateTest"),
+    (lambda c, f: f["PrivateTest"].update(accuracy="0.5"), "final_metrics.json: PrivateTest.accuracy is '0.5', expected a number"),
+    (lambda c, f: c.pop("params"), "config.json: missing params"),
+])
+def test_compare_names_the_damaged_file_and_key(tmp_path, damage, message):
+    good = finished_run_files(tmp_path / "good")
+    assert "| good | seresnet (edge) | 1,000 | 2 | 3 | 50.0% | 50.0% | 0.400 | 0.300 |" in run_cli("compare", good).output
+    bad = finished_run_files(tmp_path / "bad", damage)
+    output = run_cli("compare", good, bad, expect=1).output
+    assert f"{bad / message}" in output and len(output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("flag, value", [("--seed", "-1"), ("--seed", str(2**32)), ("--widths", "16,0,32,64")])
+def test_train_refuses_bad_seed_and_widths(tmp_path, flag, value):
+    output = run_cli("train", flag, value, "--out", tmp_path / "run", expect=1).output
+    assert output.startswith(f"Error: {flag}: ") and len(output.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"se_ratio": 0}, "overrides.se_ratio: 0 is not allowed"),
+    ({"widths": [8, 0, 8, 8]}, "overrides.widths: [8, 0, 8, 8] is not allowed"),
+    ({"dropout": 1.5}, "overrides.dropout: 1.5 is not allowed"),
+])
+def test_run_config_with_invalid_architecture_is_named(tmp_path, override, message):
+    run = tmp_path / "run"
+    run.mkdir()
+    overrides = {"widths": [8, 8, 8, 8], "blocks": [1, 1, 1, 1], **override}
+    (run / "config.json").write_text(json.dumps({"model": "seresnet", "preset": "edge", "overrides": overrides}))
+    (run / "best_weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n")
+    data = write_generated_npz(tmp_path / "faces.npz", n_per_class=2)
+    output = run_cli("evaluate", run, "--data", data, expect=1).output
+    assert f"Error: {run / 'config.json'}: not a valid run configuration ({message}" in output
 
 
 def _train_cmd(data, out, *extra):

@@ -7,14 +7,15 @@ from fer_edge.train import run as runs
 
 
 def run_row(run: Path) -> dict:
-    cfg = runs.config_dict(run)
-    final = runs.read_json(run / runs.FINAL_METRICS)
-    name = cfg["model"] + (f" ({cfg['preset']})" if cfg["model"] == "seresnet" else "")
-    if cfg.get("qat_from"):
+    # Every value the table prints, checked: a damaged file is one line naming it and the key.
+    cfg, final = runs.read_values(run / runs.CONFIG), runs.read_values(run / runs.FINAL_METRICS)
+    model = cfg("model", str)
+    name = model + (f" ({cfg('preset', str)})" if model == "seresnet" else "")
+    if runs.is_qat(run):
         name += ", QAT"
-    return {"run": run.name, "model": name, "params": cfg["params"], "macs": cfg["macs"],
-            "epochs": final["epochs_run"], **{f"{s}_{k}": final[s][k] for s in ("PublicTest", "PrivateTest")
-                                             for k in ("accuracy", "f1_weighted", "f1_macro")}}
+    return {"run": run.name, "model": name, "params": cfg("params", int), "macs": cfg("macs"),
+            "epochs": final("epochs_run", int), **{f"{s}_{k}": final(f"{s}.{k}") for s in ("PublicTest", "PrivateTest")
+                                                  for k in ("accuracy", "f1_weighted", "f1_macro")}}
 
 
 def comparison_table(runs: list[Path]) -> str:

@@ -49,10 +49,49 @@ PRESETS: dict[str, SEResNetConfig] = {
 }
 
 
+class ModelConfigError(ValueError):
+    """An override the network cannot be built with; `key` names the SEResNetConfig field."""
+
+    def __init__(self, key: str, value, what: str):
+        shown = list(value) if isinstance(value, tuple) else value  # as config.json spells it
+        super().__init__(f"overrides.{key}: {shown!r} is not allowed; {what}")
+        self.key, self.value, self.what = key, value, what
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON's true is an int to Python
+
+
+def check_model_config(cfg: SEResNetConfig) -> SEResNetConfig:
+    """Raise ModelConfigError naming the first field (from a config.json, of any type) that cannot be built."""
+    def need(ok: bool, key: str, what: str) -> None:
+        if not ok:
+            raise ModelConfigError(key, getattr(cfg, key), what)
+
+    def counts(values) -> bool:
+        return isinstance(values, tuple) and len(values) > 0 and all(_is_int(v) and v >= 1 for v in values)
+
+    need(counts(cfg.widths), "widths", "widths must be positive integers, one per stage")
+    need(counts(cfg.blocks), "blocks", "block counts must be positive integers")
+    need(len(cfg.blocks) == len(cfg.widths), "blocks", f"give one block count per stage ({len(cfg.widths)} widths)")
+    need(_is_int(cfg.stem_stride) and cfg.stem_stride in (1, 2), "stem_stride", "give 1 or 2")
+    need(cfg.activation in ("leaky_relu", "relu"), "activation", "choose leaky_relu or relu")
+    need(isinstance(cfg.se, bool), "se", "give true or false")
+    need(_is_int(cfg.se_ratio) and cfg.se_ratio >= 1, "se_ratio", "give a positive integer")
+    need(_is_int(cfg.dense) and cfg.dense >= 0, "dense", "give 0 (no dense layer) or a number of units")
+    need(isinstance(cfg.dropout, (int, float)) and 0 <= cfg.dropout < 1, "dropout", "give a rate in [0, 1)")
+    return cfg
+
+
 def resolve_config(preset: str, **overrides) -> SEResNetConfig:
+    """The preset with `overrides` replacing its fields; ValueError naming an unknown or invalid one."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-    return replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
+    known = [f.name for f in fields(SEResNetConfig)]
+    unknown = sorted(set(overrides) - set(known))
+    if unknown:
+        raise ValueError(f"overrides.{unknown[0]}: unknown key; expected some of {', '.join(known)}")
+    return check_model_config(replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}))
 
 ARCHS = ("seresnet", "baseline")
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
@@ -60,6 +99,8 @@ PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 # float recipe's learning rate, without warm-up, in float32 (bfloat16 would round the learned ranges).
 # A distilled float run's QAT keeps its teachers' targets (see train.distill).
 QAT_DEFAULTS = {"epochs": 5, "lr": 1e-4, "warmup_epochs": 0.0, "precision": "float32", "logical_cpus": 0}
+# The architecture fields `train` sets by flag (the others come only from a run's config.json).
+MODEL_FLAGS = {"widths": "--widths", "blocks": "--blocks", "stem_stride": "--stem-stride"}
 # What a QAT run may change of its float run: the schedule and the data draw, never the network.
 QAT_OVERRIDABLE = ("data", "epochs", "lr", "batch_size", "patience", "train_limit", "val_limit", "seed")
 
@@ -105,9 +146,12 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         d = {k: v for k, v in d.items() if k in known}
         d["augment"] = AugmentConfig(**d.get("augment", {}))
-        for key in ("widths", "blocks"):
-            if key in d.get("overrides", {}):
-                d["overrides"][key] = tuple(d["overrides"][key])
+        overrides = d.get("overrides", {})
+        if not isinstance(overrides, dict):
+            raise ValueError(f"overrides: expected an object of architecture fields, got {overrides!r}")
+        # JSON has no tuples; anything but a list is left for check_model_config to name.
+        d["overrides"] = {k: tuple(v) if isinstance(v, list) and k in ("widths", "blocks") else v
+                          for k, v in overrides.items()}
         return cls(**d)
 
     def for_qat(self, from_run: str, out: str, **overrides) -> "TrainConfig":
@@ -131,6 +175,8 @@ class TrainConfig:
         need(self.patience >= 1, "--patience", self.patience, "give at least 1 epoch")
         need(self.logical_cpus >= 0, "--logical-cpus", self.logical_cpus, "give 0 (off) or more")
         need(0 < self.distill <= 1, "--distill", self.distill, "give a weight in (0, 1]")
+        # numpy's and TensorFlow's seeds are unsigned 32-bit; the trainer adds the epoch to it.
+        need(0 <= self.seed < 2**31, "--seed", self.seed, f"give an integer from 0 to {2**31 - 1}")
         for flag, limit in (("--train-limit", self.train_limit), ("--val-limit", self.val_limit)):
             need(limit is None or limit >= 1, flag, limit, "give at least 1 image")
         a = self.augment
@@ -141,10 +187,9 @@ class TrainConfig:
         need(0 <= a.mixup < math.inf, "--mixup", a.mixup, "give 0 (off) or a positive Beta alpha")
         if self.model == "seresnet":
             need(self.preset in PRESETS, "--preset", self.preset, f"choose from {', '.join(PRESETS)}")
-            cfg = resolve_config(self.preset, **self.overrides)
-            need(len(cfg.blocks) == len(cfg.widths), "--blocks", ",".join(map(str, cfg.blocks)),
-                 f"give one block count per stage ({len(cfg.widths)} widths)")
-            need(all(w >= 1 for w in cfg.widths), "--widths", ",".join(map(str, cfg.widths)), "widths must be positive")
-            need(all(b >= 1 for b in cfg.blocks), "--blocks", ",".join(map(str, cfg.blocks)), "block counts must be positive")
-            need(cfg.stem_stride in (1, 2), "--stem-stride", cfg.stem_stride, "give 1 or 2")
+            try:
+                resolve_config(self.preset, **self.overrides)
+            except ModelConfigError as exc:  # named by its flag where it has one
+                value = ",".join(map(str, exc.value)) if isinstance(exc.value, tuple) else exc.value
+                need(False, MODEL_FLAGS.get(exc.key, f"overrides.{exc.key}"), value, exc.what)
         return self

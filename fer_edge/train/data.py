@@ -71,9 +71,9 @@ def load_dataset(path: str | Path | None = None, skip_bad: bool = False, val_fra
         raise FerEdgeError(f"{path}: no such file or folder (give --data or set FER_EDGE_DATA)")
     if path.is_dir():
         ds = _load_folder(path, skip_bad)
-    elif path.suffix == ".npz":
+    elif path.suffix.lower() == ".npz":
         ds = _load_npz(path)
-    elif path.suffix == ".csv":
+    elif path.suffix.lower() == ".csv":
         ds = _load_csv(path, skip_bad)
     else:
         raise FerEdgeError(f"{path}: expected a .npz, a .csv or an image folder")
@@ -102,8 +102,10 @@ def _load_npz(path: Path) -> FerDataset:
         raise FerEdgeError(f"{path}: not a readable .npz ({str(exc).strip() or type(exc).__name__})") from None
     if images.ndim != 3 or images.shape[1:] != (INPUT_SIZE, INPUT_SIZE) or images.dtype != np.uint8:
         raise FerEdgeError(f"{path}: images must be uint8 (N, 48, 48), got {images.dtype} {images.shape}")
-    if labels.ndim != 1 or labels.dtype.kind not in "iu":
-        raise FerEdgeError(f"{path}: labels must be integers (N,), got {labels.dtype} {labels.shape}")
+    # usage was made text above, so only its shape can be wrong; a 2-D one would pass the count.
+    for name, array, kinds, what in (("labels", labels, "iu", "integers"), ("usage", usage, "U", "split names")):
+        if array.ndim != 1 or array.dtype.kind not in kinds:
+            raise FerEdgeError(f"{path}: {name} must be {what} (N,), one per image, got {array.dtype} {array.shape}")
     if labels.size and (labels.min() < 0 or labels.max() >= len(CLASS_NAMES)):
         bad = int(labels.min()) if labels.min() < 0 else int(labels.max())
         raise FerEdgeError(f"{path}: label {bad} is not one of 0..{len(CLASS_NAMES) - 1}")
@@ -126,8 +128,8 @@ def _load_csv(path: Path, skip_bad: bool) -> FerDataset:
     images, labels, usage, skipped = [], [], [], 0
     n_pixels = INPUT_SIZE * INPUT_SIZE
     # The file's encoding and quoting are checked for the whole file: neither can be skipped row by
-    # row (an unterminated quote swallows every line after it).
-    with open(path, newline="", encoding="utf-8") as f:
+    # row (an unterminated quote swallows every line after it). utf-8-sig: Excel starts its UTF-8 with a BOM.
+    with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         try:
             _check_csv_header(path, reader.fieldnames)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fer_edge import atomic
 from fer_edge.errors import FerEdgeError
-from fer_edge.train.config import TrainConfig
+from fer_edge.train.config import TrainConfig, resolve_config
 
 CONFIG = "config.json"
 STATE = "state.json"
@@ -42,14 +42,40 @@ def read_json(path: Path) -> dict:
     return data
 
 
+def read_values(path: Path):
+    """A run file's values by dotted key, e.g. `value("PrivateTest.accuracy")`, each checked to be a
+    `kind`: a missing or mistyped key is one line naming the file and the key."""
+    data = read_json(path)
+
+    def value(key: str, kind: type | tuple = (int, float)):
+        found, parts = data, key.split(".")
+        for i, part in enumerate(parts):
+            if not isinstance(found, dict) or part not in found:
+                raise FerEdgeError(f"{path}: missing {'.'.join(parts[:i + 1])}; is {Path(path).parent} a finished "
+                                   "training run?")
+            found = found[part]
+        if isinstance(found, bool) or not isinstance(found, kind):  # JSON's true is an int to Python
+            raise FerEdgeError(f"{path}: {key} is {found!r}, expected {_KINDS.get(kind, 'a number')}")
+        return found
+
+    return value
+
+
+_KINDS = {str: "a string", int: "an integer"}
+
+
 def config_dict(run: str | Path) -> dict:
     return read_json(Path(run) / CONFIG)
 
 
 def load_config(run: str | Path) -> TrainConfig:
+    """The run's TrainConfig; a config.json whose network cannot be built is refused here, naming the key."""
     path = Path(run) / CONFIG
     try:
-        return TrainConfig.from_dict(config_dict(run))
+        cfg = TrainConfig.from_dict(config_dict(run))
+        if cfg.model == "seresnet":
+            resolve_config(cfg.preset, **cfg.overrides)
+        return cfg
     except (TypeError, ValueError, AttributeError) as exc:
         raise FerEdgeError(f"{path}: not a valid run configuration ({one_line(exc)})") from None
 
