@@ -528,3 +528,60 @@ def test_sighup_reloads_the_config_or_keeps_the_running_one(blank_video, tmp_pat
     assert process.returncode == 0, stderr
     assert "SIGHUP: configuration reloaded" in stderr
     assert "SIGHUP: source.loop: expected bool, got 3" in stderr and "keeping the running configuration" in stderr
+
+
+def test_a_reload_that_cannot_start_keeps_the_running_daemon(blank_video, tmp_path):
+    """The real command: SIGHUP with a config that validates but cannot start (a model file that is
+    not a model, an HTTP port another program holds) is logged in one line each; the daemon goes on
+    serving with its running configuration, and SIGTERM still ends it with status 0."""
+    http_port = free_port()
+    config = tmp_path / "daemon.toml"
+    good = f'camera_id = "steady"\n[source]\nuri = "{blank_video}"\nloop = true\n[http]\nport = {http_port}\n'
+    config.write_text(good)
+    not_a_model = tmp_path / "notes.tflite"
+    not_a_model.write_text("this is not a model\n")
+    process = subprocess.Popen([sys.executable, "-m", "fer_edge", "daemon", "--config", str(config)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log: list[str] = []
+    reader = threading.Thread(target=lambda: log.extend(process.stderr), daemon=True)
+    reader.start()
+
+    def refusals() -> list[str]:
+        return [line for line in list(log) if "SIGHUP:" in line]
+
+    def frames_processed() -> float:
+        try:
+            metrics = http_get(http_port, "/metrics")[1].decode()
+        except OSError:
+            return -1.0
+        line = next(m for m in metrics.splitlines() if m.startswith("fer_edge_frames_processed_total "))
+        return float(line.split()[1])
+    try:
+        wait_until(lambda: frames_processed() > 0, 30, "the daemon to process frames", interval=0.2)
+        config.write_text(good + f'[model]\npath = "{not_a_model}"\n')
+        before = frames_processed()
+        process.send_signal(signal.SIGHUP)
+        wait_until(lambda: len(refusals()) == 1, 20, "the bad model to be refused", interval=0.2)
+        # The running daemon was never stopped: its counter goes on from where it was.
+        wait_until(lambda: frames_processed() > before + 10, 20, "frames after the refused reload", interval=0.2)
+        assert not [line for line in list(log) if line.rstrip().endswith("service: stopping")]
+        with socket.socket() as holder:  # a port another program holds: found only when the daemon starts
+            holder.bind(("127.0.0.1", 0))
+            holder.listen()
+            config.write_text(good.replace(f"port = {http_port}", f"port = {holder.getsockname()[1]}"))
+            process.send_signal(signal.SIGHUP)
+            wait_until(lambda: len(refusals()) == 2, 20, "the taken port to be refused", interval=0.2)
+            wait_until(lambda: frames_processed() > 0, 20, "the running configuration to serve again", interval=0.2)
+            assert json.loads(http_get(http_port, "/state")[1])["camera_id"] == "steady"
+        assert process.poll() is None
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=10)
+        reader.join(5)
+    stderr = "".join(log)
+    assert process.returncode == 0, stderr
+    first, second = refusals()
+    assert f"SIGHUP: model.path: cannot load model {not_a_model}" in first
+    assert "SIGHUP: http.host, http.port: cannot listen on" in second
+    assert all(line.rstrip().endswith("; keeping the running configuration") for line in (first, second))
+    assert "configuration reloaded" not in stderr and "Traceback" not in stderr

@@ -1,8 +1,11 @@
 """Daemon configuration: precedence, validation, secrets and --check-config (no dataset, no model run)."""
+import contextlib
 import os
 import shutil
+import socket
 import subprocess
 import re
+import threading
 from pathlib import Path
 
 import pytest
@@ -28,11 +31,11 @@ def write_video(path: Path, frames: int = 2) -> Path:
 
 @pytest.fixture
 def files(tmp_path):
-    """A placeholder model (--check-config only needs it to exist) and a real two-frame video
-    (the source must decode)."""
-    model = tmp_path / "m.tflite"
-    model.write_bytes(b"placeholder")
-    return model, write_video(tmp_path / "v.mp4")
+    """The model shipped with fer-edge (--check-config loads it, as the run does) and a real
+    two-frame video (the source must decode)."""
+    from fer_edge.edge_runtime.classifier import SHIPPED_MODEL
+
+    return SHIPPED_MODEL, write_video(tmp_path / "v.mp4")
 
 
 def flatten(document: dict) -> dict:
@@ -86,8 +89,43 @@ def test_flags_override_file_override_environment(tmp_path):
     ("[output]\njsonl = '/no/such/folder/events.jsonl'\n", "output.jsonl: no such folder: /no/such/folder"),
     ("[homeassistant]\nnode_id = 'my node'\n", "homeassistant.node_id: expected letters, digits, _ and - only"),
     ("[homeassistant]\ndiscovery_prefix = 'ha/'\n", "homeassistant.discovery_prefix: expected a topic"),
-    ("[source]\nopen_timeout_s = 0\n", "source.open_timeout_s: expected a finite number > 0"),
-    ("[source]\nread_timeout_s = inf\n", "source.read_timeout_s: expected a finite number > 0, got inf"),
+    ("[source]\nopen_timeout_s = 0\n", "source.open_timeout_s: expected a number of seconds > 0 and at most 86400"),
+    ("[source]\nread_timeout_s = inf\n", "source.read_timeout_s: expected a number of seconds > 0 and at most "
+                                         "86400 (a day), got inf"),
+    ("[source]\nread_timeout_s = nan\n", "source.read_timeout_s: expected a number of seconds"),
+    # Huge finite numbers overflowed the clocks of the HTTP, capture and paho threads, and OpenCV's
+    # int32 milliseconds: every time is at most a day.
+    ("[http]\nclient_timeout_s = 1e300\n", "http.client_timeout_s: expected a number of seconds > 0 and at most "
+                                          "86400 (a day), got 1e+300"),
+    ("[source]\nretry_min_s = 1e300\nretry_max_s = 1e300\n", "source.retry_min_s: expected a number of seconds"),
+    ("[source]\nopen_timeout_s = 3000000\n", "source.open_timeout_s: expected a number of seconds"),
+    ("[mqtt]\nretry_max_s = 86401\n", "mqtt.retry_max_s: expected a number of seconds"),
+    ("[output]\nsummary_interval_s = 1e20\n", "output.summary_interval_s: expected a number of seconds"),
+    ("[model]\nthreads = 100000\n", "model.threads: expected an integer 1..64, got 100000"),
+    ("[model]\nsha256 = 'nothex'\n", "model.sha256: expected empty or 64 hexadecimal digits, got 'nothex'"),
+    ("[model]\nsha256 = '" + "0" * 63 + "'\n", "model.sha256: expected empty or 64 hexadecimal digits"),
+    # MQTT names: paho's thread died on one over 65535 bytes; a control character made the broker
+    # drop every connection (an endless reconnect loop).
+    (f"camera_id = '{'c' * 70_000}'\n", "camera_id: expected a non-empty name of at most 256 UTF-8 bytes "
+                                        "without / # + or control characters, got 'ccccc"),
+    (f"camera_id = '{'é' * 129}'\n", "camera_id: expected a non-empty name of at most 256 UTF-8 bytes"),
+    ('camera_id = "a\\u0000b"\n', "camera_id: expected a non-empty name"),
+    ('camera_id = "porch\\tleft"\n', "camera_id: expected a non-empty name"),
+    ("camera_id = ''\n", "camera_id: expected a non-empty name"),
+    (f"[mqtt]\nclient_id = '{'i' * 70_000}'\n", "mqtt.client_id: expected at most 256 UTF-8 bytes without control "
+                                                "characters, got 'iiii"),
+    ('[mqtt]\nclient_id = "cam\\u001b[31m"\n', "mqtt.client_id: expected at most 256 UTF-8 bytes"),
+    (f"[mqtt]\nusername = '{'u' * 70_000}'\n", "mqtt.username: expected at most 256 UTF-8 bytes"),
+    ('[mqtt]\ntopic_prefix = "home\\u0000cams"\n', "mqtt.topic_prefix: expected a topic of at most 256 UTF-8 "
+                                                   "bytes without wildcards (+ #), control characters or a trailing /"),
+    ("[mqtt]\ntopic_prefix = 'home/+/cams'\n", "mqtt.topic_prefix: expected a topic"),
+    ("[mqtt]\ntopic_prefix = 'home/#'\n", "mqtt.topic_prefix: expected a topic"),
+    ("[mqtt]\ntopic_prefix = ''\n", "mqtt.topic_prefix: expected a topic"),
+    (f"[mqtt]\ntopic_prefix = '{'t' * 257}'\n", "mqtt.topic_prefix: expected a topic"),
+    ('[homeassistant]\ndiscovery_prefix = "ha\\u007f"\n', "homeassistant.discovery_prefix: expected a topic"),
+    (f"[homeassistant]\nnode_id = '{'n' * 257}'\n", "homeassistant.node_id: expected letters, digits, _ and - "
+                                                    "only, at most 256 of them"),
+    ("[mqtt]\nport = " + "9" * 5000 + "\n", "is not valid TOML: Exceeds the limit (4300 digits)"),
     ("[pipeline]\nmax_fps = inf\n", "pipeline.max_fps: expected a finite number >= 0, got inf"),
     ("[pipeline]\nsearch_every = 0\n", "pipeline.search_every: expected"),
 ])
@@ -95,6 +133,16 @@ def test_bad_file_names_the_key(tmp_path, toml, message):
     with pytest.raises(ConfigError, match=None) as error:
         resolve(config_path=write_toml(tmp_path, toml))
     assert message in str(error.value)
+    assert len(str(error.value)) < 400  # one line, also when the value is 70,000 characters long
+
+
+@pytest.mark.parametrize("toml", [
+    f"camera_id = '{'c' * 256}'\n[mqtt]\nclient_id = '{'i' * 256}'\ntopic_prefix = 'home/cams'\n",
+    "camera_id = 'Küche – Tür'\n[source]\nopen_timeout_s = 86400\nretry_max_s = 86400\n[model]\nthreads = 64\n",
+    f"[model]\nsha256 = '{'aB' * 32}'\n[http]\nclient_timeout_s = 0.5\n",
+])
+def test_limits_themselves_are_accepted(tmp_path, toml):
+    resolve(config_path=write_toml(tmp_path, toml))
 
 
 @pytest.mark.parametrize("environ, message", [
@@ -102,6 +150,9 @@ def test_bad_file_names_the_key(tmp_path, toml, message):
     ({"FER_EDGE_HTTP_ENABLED": "maybe"}, "http.enabled: expected bool, got 'maybe'"),
     ({"FER_EDGE_PIPELINE_MAX_FPS": "-1"}, "pipeline.max_fps: expected a finite number >= 0"),
     ({"FER_EDGE_PIPELINE_SEARCH_EVERY": "often"}, "pipeline.search_every: expected int, got 'often'"),
+    ({"FER_EDGE_CAMERA_ID": "porch\x01"}, "camera_id: expected a non-empty name"),
+    # An undecodable byte in the environment arrives as a lone surrogate: not UTF-8 for the broker.
+    ({"FER_EDGE_MQTT_CLIENT_ID": "cam\udcff"}, "mqtt.client_id: expected at most 256 UTF-8 bytes"),
 ])
 def test_bad_environment_names_the_variable(environ, message):
     with pytest.raises(ConfigError) as error:
@@ -196,6 +247,10 @@ def test_check_config_prints_masked_config(tmp_path, files):
     (["--mqtt-port", "70000"], 1, "mqtt.port: expected a port number 1..65535, got 70000 (command line)"),
     (["--source", "/no/such/video.mp4"], 1, "source.uri: no such file, camera or stream"),
     (["--model", "/no/such/model.tflite"], 1, "model.path: no such file: /no/such/model.tflite"),
+    # --check-config makes the run's own checks: each of these passed it, then failed the run.
+    (["--threads", "100000"], 1, "model.threads: expected an integer 1..64, got 100000 (command line)"),
+    (["--http-host", "not a host!"], 1, "http.host, http.port: cannot listen on not a host!:8080"),
+    (["--http-host", "192.0.2.1"], 1, "http.host, http.port: cannot listen on 192.0.2.1:8080 (Cannot assign"),
 ])
 def test_bad_command_line_is_one_clear_error(files, args, code, message):
     model, video = files
@@ -242,3 +297,60 @@ def test_check_config_refuses_a_calibration_the_model_does_not_have(files):
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
     ok = CliRunner().invoke(main, [*base, "neutral"])
     assert ok.exit_code == 0 and 'calibration = "neutral"' in ok.output, ok.output
+
+
+@pytest.mark.parametrize("toml, message", [
+    ("[model]\npath = '{text}'\n", "model.path: cannot load model {text}: "),
+    ("[pipeline]\ndetector_model = '{text}'\n", "pipeline.detector_model: cannot load model {text}: "),
+    ("[pipeline]\ndetector = 'haar'\ndetector_model = '{text}'\n", "pipeline.detector_model: cannot load Haar cascade"),
+])
+def test_check_config_loads_the_model_and_detector(tmp_path, files, toml, message):
+    """A file that exists but is no model passes a check of its path; --check-config loads it, as the run does."""
+    _, video = files
+    text = tmp_path / "notes.tflite"
+    text.write_text("not a model\n")
+    path = write_toml(tmp_path, toml.format(text=text))
+    result = CliRunner().invoke(main, ["daemon", "--config", str(path), "--source", str(video), "--check-config"])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: " + message.format(text=text)) and result.output.count("\n") == 1
+
+
+def test_check_config_leaves_the_http_port_to_a_running_daemon(files):
+    """The HTTP address is checked, not the port: --check-config beside the running daemon passes."""
+    model, video = files
+    with socket.create_server(("127.0.0.1", 0)) as running:
+        port = running.getsockname()[1]
+        result = CliRunner().invoke(main, ["daemon", "--source", str(video), "--model", str(model),
+                                           "--http-port", str(port), "--check-config"])
+    assert result.exit_code == 0, result.output
+
+
+OPENSSL = shutil.which("openssl")
+
+
+@pytest.mark.skipif(OPENSSL is None, reason="no openssl binary (Debian: apt-get install openssl)")
+def test_a_client_certificate_turns_tls_on(tmp_path):
+    """tls_cert and tls_key without `tls = true` or tls_ca used to be ignored (plaintext MQTT): a client
+    certificate now turns TLS on, so the first byte the client sends is a TLS handshake (0x16)."""
+    from fer_edge.edge_runtime.daemon.mqtt import make_client
+
+    cert, key = tmp_path / "client.pem", tmp_path / "client.key"
+    subprocess.run([OPENSSL, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=camera", "-days", "1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
+    config = resolve(config_path=write_toml(tmp_path, f"[mqtt]\nhost = '127.0.0.1'\ntls_cert = '{cert}'\n"
+                                                      f"tls_key = '{key}'\n"))
+    assert config.mqtt.tls is False and config.mqtt.uses_tls
+    client = make_client(config.mqtt, "probe")
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(10)
+        def connect():
+            with contextlib.suppress(Exception):  # the handshake fails: this server speaks no TLS
+                client.connect("127.0.0.1", server.getsockname()[1])
+        connecting = threading.Thread(target=connect, daemon=True)
+        connecting.start()
+        connection, _ = server.accept()
+        with connection:
+            connection.settimeout(10)
+            first = connection.recv(1)
+    connecting.join(10)
+    assert first == b"\x16"  # a TLS record, not an MQTT CONNECT packet (0x10)

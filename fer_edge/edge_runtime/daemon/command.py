@@ -6,13 +6,16 @@ import os
 import signal
 import sys
 import threading
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import click
 
 from fer_edge.edge_runtime.daemon.config import SECRET_KEYS, DaemonConfig, resolve, secret_on_command_line
 from fer_edge.edge_runtime.detection import DETECTORS
 from fer_edge.errors import FerEdgeError
+
+if TYPE_CHECKING:
+    from fer_edge.edge_runtime.pipeline import EmotionPipeline
 
 log = logging.getLogger("fer_edge.edge_runtime.daemon")
 
@@ -78,36 +81,65 @@ def _refuse_secret(key: str):
                         callback=refuse, is_eager=True)
 
 
-def _run(load: Callable[[], DaemonConfig]) -> int:
-    """Run daemons until one stops for good. SIGTERM and Ctrl-C stop cleanly; SIGHUP (`systemctl
-    reload`) reloads the configuration and restarts the daemon with it, or keeps the running
-    configuration, with an error in the log, when the new one is invalid."""
-    from fer_edge.edge_runtime.daemon.capture import check_source
-    from fer_edge.edge_runtime.daemon.service import Daemon
+def _run(config: DaemonConfig, pipeline: EmotionPipeline, load: Callable[[], DaemonConfig]) -> int:
+    """Run daemons until one stops for good. SIGTERM and Ctrl-C stop cleanly. SIGHUP (`systemctl
+    reload`) reloads the configuration: the new one is validated and its model and detector loaded
+    while the running daemon goes on, and only then does it replace the running one. A new config
+    that is invalid or cannot start (a model that does not load, an HTTP port in use) is logged in
+    one line, and the running configuration is kept."""
+    from fer_edge.edge_runtime.daemon.service import Daemon, prepare
 
-    config = load()
     logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    while True:
-        daemon = Daemon(config)
-        reload = threading.Event()
+    hangup, terminate = threading.Event(), threading.Event()
+    prepared: list = []  # the reloaded (config, pipeline), once ready
+    current: list = []  # the running daemon
 
-        def on_hangup(*_):
-            reload.set()
+    def refused(error: Exception) -> None:
+        log.error("SIGHUP: %s; keeping the running configuration", error)
+
+    def reloader() -> None:  # a thread: loading a model must not pause the running daemon
+        while True:
+            hangup.wait()
+            hangup.clear()
+            try:
+                new = load()
+                prepared[:] = [(new, prepare(new))]
+            except (FerEdgeError, OSError) as error:  # ConfigError included
+                refused(error)
+                continue
+            current[0].stop()  # after `prepared` is set: see start()
+
+    def start(daemon: Daemon) -> None:
+        current[:] = [daemon]
+        if terminate.is_set() or prepared:  # a signal or reload that came while it was being built
             daemon.stop()
-        signal.signal(signal.SIGHUP, on_hangup)
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: daemon.stop())
-        status = daemon.run()
-        if not reload.is_set():
+
+    def on_terminate(*_) -> None:
+        terminate.set()
+        current[0].stop()
+
+    start(Daemon(config, pipeline))
+    signal.signal(signal.SIGHUP, lambda *_: hangup.set())
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_terminate)
+    threading.Thread(target=reloader, name="fer-edge-reload", daemon=True).start()
+    while True:
+        status = current[0].run()
+        if terminate.is_set() or not prepared:
             return status
-        try:
-            config = load()
-            check_source(config.source.uri)
-            logging.getLogger().setLevel(config.log_level.upper())
-            log.info("SIGHUP: configuration reloaded")
-        except FerEdgeError as error:
-            log.error("SIGHUP: %s; keeping the running configuration", error)
+        new, new_pipeline = prepared.pop()
+        try:  # what prepare() cannot check while the old daemon runs, e.g. a port another program holds
+            daemon = Daemon(new, new_pipeline)
+        except (FerEdgeError, OSError) as error:
+            refused(error)
+            pipeline.reset()  # the running configuration again, its pipeline kept and started afresh
+            start(Daemon(config, pipeline))
+            continue
+        config, pipeline = new, new_pipeline
+        logging.getLogger().setLevel(config.log_level.upper())
+        log.info("SIGHUP: configuration reloaded")
+        start(daemon)
 
 
 @click.command("daemon")
@@ -125,8 +157,7 @@ def daemon(config_path: str | None, check_config: bool, remove_discovery: bool, 
     or Ctrl-C; SIGHUP reloads the configuration; a non-looped video file stops it at its end.
     """
     # paho, prometheus-client and LiteRT load only when the verb runs: other verbs stay light.
-    from fer_edge.edge_runtime.daemon.capture import check_source
-    from fer_edge.edge_runtime.daemon.service import model_path
+    from fer_edge.edge_runtime.daemon.service import prepare
 
     def load() -> DaemonConfig:
         return resolve({key: flags[_param(key)] for _, key, _ in FLAGS}, config_path, os.environ)
@@ -136,12 +167,11 @@ def daemon(config_path: str | None, check_config: bool, remove_discovery: bool, 
         if remove_discovery:
             _remove_discovery(config)
             return
-        check_source(config.source.uri)
-        model_path(config)
+        pipeline = prepare(config)  # the run's own checks, the model and detector loaded
         if check_config:
             click.echo(config.to_toml(mask_secrets=True), nl=False)
             return
-        sys.exit(_run(load))
+        sys.exit(_run(config, pipeline, load))
     except FerEdgeError as error:  # ConfigError included
         raise click.ClickException(str(error)) from None
     except OSError as error:  # e.g. the HTTP port is taken

@@ -10,8 +10,10 @@ import dataclasses
 import difflib
 import json
 import math
+import re
 import ssl
 import typing
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -24,6 +26,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
 from fer_edge.atomic import check_writable
 from fer_edge.edge_runtime.classifier import TTA_MODES, ClassifierOptions
 from fer_edge.edge_runtime.detection import DETECTORS
+from fer_edge.edge_runtime.interpreter import MAX_THREADS
 from fer_edge.edge_runtime.pipeline import PipelineOptions
 from fer_edge.errors import FerEdgeError
 
@@ -51,6 +54,37 @@ def _non_negative() -> dict:
     return _check(lambda v: 0 <= v < math.inf, "a finite number >= 0")
 
 
+# The longest wait or timeout taken: a day. Longer ones are mistakes, and huge finite ones crash the
+# daemon's threads (1e300 s overflows the clock; OpenCV takes stream timeouts as int32 milliseconds).
+MAX_SECONDS = 86400
+
+
+def _seconds() -> dict:
+    return _check(lambda v: 0 < v <= MAX_SECONDS, f"a number of seconds > 0 and at most {MAX_SECONDS} (a day)")
+
+
+# MQTT strings (topics, client ids) may be up to 65535 UTF-8 bytes; paho's thread dies on a longer
+# one. Each name we put into a topic or client id is held far below that, so their sums are too.
+MAX_MQTT_NAME_BYTES = 256
+
+
+def _mqtt_name(value: str, forbidden: str = "") -> bool:
+    """True if `value` fits in an MQTT topic level or client id: valid UTF-8 of at most
+    MAX_MQTT_NAME_BYTES, no control character (a broker drops the connection over one, and paho
+    reconnects forever) and none of `forbidden`."""
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:  # an undecodable byte of an environment variable or flag
+        return False
+    return size <= MAX_MQTT_NAME_BYTES and not any(c in forbidden or unicodedata.category(c) == "Cc" for c in value)
+
+
+def _topic_prefix() -> dict:
+    return _check(lambda v: v and _mqtt_name(v, "#+") and not v.endswith("/"),
+                  f"a topic of at most {MAX_MQTT_NAME_BYTES} UTF-8 bytes without wildcards (+ #), "
+                  "control characters or a trailing /")
+
+
 def _one_of(*choices: str) -> dict:
     return _check(lambda v: v in choices, "one of " + ", ".join(choices))
 
@@ -71,12 +105,12 @@ class SourceConfig:
     """Restart a video file at its end instead of stopping the daemon."""
     pace: bool = True
     """Play a video file at its own frame rate; off, every frame is processed as fast as possible."""
-    retry_min_s: float = field(default=0.5, metadata=_positive())
+    retry_min_s: float = field(default=0.5, metadata=_seconds())
     """First wait before reopening a lost camera or stream; doubles on each failure."""
-    retry_max_s: float = field(default=30.0, metadata=_positive())
-    open_timeout_s: float = field(default=5.0, metadata=_positive())
+    retry_max_s: float = field(default=30.0, metadata=_seconds())
+    open_timeout_s: float = field(default=5.0, metadata=_seconds())
     """Streams (rtsp://, http://): give up opening after this long, then retry with back-off."""
-    read_timeout_s: float = field(default=5.0, metadata=_positive())
+    read_timeout_s: float = field(default=5.0, metadata=_seconds())
     """Streams: a camera that sends no frame for this long is reported lost and reopened."""
     max_frame_pixels: int = field(default=PipelineOptions.max_frame_pixels, metadata=_non_negative())
     """Largest frame accepted (width x height), the memory cap `predict` has too; a larger source
@@ -89,7 +123,7 @@ class ModelConfig:
 
     path: str = ""
     """The int8 `.tflite` model; empty uses the model shipped with fer-edge."""
-    threads: int = field(default=2, metadata=_positive())
+    threads: int = field(default=2, metadata=_check(lambda v: 1 <= v <= MAX_THREADS, f"an integer 1..{MAX_THREADS}"))
     """CPU threads of the emotion model. Unlike `predict` (all cores), an always-on daemon leaves
     cores to capture, MQTT and HTTP, and to whatever else the device runs."""
     device: str = field(default="cpu", metadata=_one_of("cpu", "edgetpu", "edgetpu:usb", "edgetpu:pci"))
@@ -97,7 +131,8 @@ class ModelConfig:
     """Run on the CPU, with a warning, when the Edge TPU cannot be used. On by default here and off
     in `predict`: an unattended camera should keep reporting (and say why it is slower), while a
     command typed at a terminal should fail loudly."""
-    sha256: str = ""
+    sha256: str = field(default="", metadata=_check(
+        lambda v: not v or re.fullmatch(r"[0-9a-fA-F]{64}", v), "empty or 64 hexadecimal digits"))
     """Expected sha256 of the model file (from its model card); a mismatch refuses to start."""
     tta: str = field(default=ClassifierOptions.tta, metadata=_one_of(*TTA_MODES))
     """`flip` averages each face with its mirror image: steadier labels for a second pass per face."""
@@ -151,8 +186,8 @@ class OutputConfig:
 
     jsonl: str = ""
     """Write face events and periodic summaries as JSON lines: `-` for stdout, a file path, or empty for none."""
-    summary_interval_s: float = field(default=60.0, metadata=_positive())
-    state_interval_s: float = field(default=1.0, metadata=_positive())
+    summary_interval_s: float = field(default=60.0, metadata=_seconds())
+    state_interval_s: float = field(default=1.0, metadata=_seconds())
     """Longest gap between MQTT state messages; a face event publishes the state at once."""
 
 
@@ -164,25 +199,33 @@ class MqttConfig:
     """Broker host name; empty disables MQTT."""
     port: int = field(default=1883, metadata=_port())
     qos: int = field(default=1, metadata=_check(lambda v: v in (0, 1, 2), "0, 1 or 2"))
-    client_id: str = ""
+    client_id: str = field(default="", metadata=_check(
+        _mqtt_name, f"at most {MAX_MQTT_NAME_BYTES} UTF-8 bytes without control characters"))
     """Empty uses `fer-edge-<host name>-<camera_id>`: unique per device, so two devices never share one.
     Two connections with one client id knock each other off the broker."""
-    username: str = ""
+    username: str = field(default="", metadata=_check(
+        _mqtt_name, f"at most {MAX_MQTT_NAME_BYTES} UTF-8 bytes without control characters"))
     password: str = ""
     """Secret: set it in the config file or FER_EDGE_MQTT_PASSWORD, never on the command line."""
-    topic_prefix: str = field(default="fer-edge", metadata=_check(
-        lambda v: v and not any(c in v for c in "#+") and not v.endswith("/"), "a topic without wildcards or a trailing /"))
+    topic_prefix: str = field(default="fer-edge", metadata=_topic_prefix())
     keepalive_s: int = field(default=30, metadata=_check(lambda v: 5 <= v <= 65535, "an integer 5..65535 (MQTT's limit)"))
     buffer: int = field(default=1000, metadata=_positive())
     """Messages kept while the broker is away; older ones are dropped (and counted) beyond this."""
-    retry_min_s: float = field(default=1.0, metadata=_positive())
-    retry_max_s: float = field(default=30.0, metadata=_positive())
+    retry_min_s: float = field(default=1.0, metadata=_seconds())
+    retry_max_s: float = field(default=30.0, metadata=_seconds())
     tls: bool = False
-    """Use TLS with the system's CA certificates (implied by tls_ca)."""
+    """Use TLS, checking the broker against the system's CA certificates unless tls_ca names one.
+    Implied by tls_ca and by tls_cert: a configured certificate never leaves MQTT in plaintext."""
     tls_ca: str = ""
     tls_cert: str = ""
+    """Client certificate (with tls_key) for brokers that require one; turns TLS on."""
     tls_key: str = ""
     """Secret path: set it in the config file or FER_EDGE_MQTT_TLS_KEY."""
+
+    @property
+    def uses_tls(self) -> bool:
+        """TLS is on: asked for, or implied by a CA or client certificate."""
+        return self.tls or bool(self.tls_ca or self.tls_cert)
 
 
 @dataclass
@@ -191,10 +234,10 @@ class HomeAssistantConfig:
 
     discovery: bool = True
     """Publish retained discovery configs whenever MQTT is on (and again when Home Assistant restarts)."""
-    discovery_prefix: str = field(default="homeassistant", metadata=_check(
-        lambda v: v and not any(c in v for c in "#+") and not v.endswith("/"), "a topic without wildcards or a trailing /"))
+    discovery_prefix: str = field(default="homeassistant", metadata=_topic_prefix())
     node_id: str = field(default="", metadata=_check(
-        lambda v: all(c.isascii() and (c.isalnum() or c in "_-") for c in v), "letters, digits, _ and - only"))
+        lambda v: len(v) <= MAX_MQTT_NAME_BYTES and all(c.isascii() and (c.isalnum() or c in "_-") for c in v),
+        f"letters, digits, _ and - only, at most {MAX_MQTT_NAME_BYTES} of them"))
     """Empty uses `fer_edge_<camera_id>` (other characters replaced by _)."""
     emotion_shares: bool = True
     """Also one sensor per emotion: its share of the faces seen over the last minute, in %."""
@@ -208,9 +251,9 @@ class HttpConfig:
     host: str = "127.0.0.1"
     """Listen address; only this machine can connect unless you name another address."""
     port: int = field(default=8080, metadata=_port(allow_zero=True))
-    stale_after_s: float = field(default=5.0, metadata=_positive())
+    stale_after_s: float = field(default=5.0, metadata=_seconds())
     """/healthz fails when the newest frame is older than this."""
-    client_timeout_s: float = field(default=10.0, metadata=_positive())
+    client_timeout_s: float = field(default=10.0, metadata=_seconds())
     """A client that sends nothing for this long is disconnected (an idle client must not hold a thread)."""
 
 
@@ -219,7 +262,8 @@ class DaemonConfig:
     """Everything `fer-edge daemon` runs with."""
 
     camera_id: str = field(default="camera", metadata=_check(
-        lambda v: v and not any(c in v for c in "/#+"), "a non-empty name without / # +"))
+        lambda v: v and _mqtt_name(v, "/#+"),
+        f"a non-empty name of at most {MAX_MQTT_NAME_BYTES} UTF-8 bytes without / # + or control characters"))
     """Names this camera in MQTT topics and messages."""
     log_level: str = field(default="info", metadata=_one_of("debug", "info", "warning", "error"))
     source: SourceConfig = field(default_factory=SourceConfig)
@@ -290,16 +334,22 @@ def _unknown(key: str, origin: str) -> ConfigError:
     return ConfigError(f"unknown config key {key!r} ({origin}){suggestion}")
 
 
+def _shown(value: Any) -> str:
+    """A bad value as an error message quotes it: cut short, so that the message stays one line."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
+
+
 def _typed(key: str, value: Any, origin: str) -> Any:
     """Check a value from TOML or a flag against the key's type and constraint."""
     kind = _type_of(key)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if type(value) is not kind:
-        raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r} ({origin})")
+        raise ConfigError(f"{key}: expected {kind.__name__}, got {_shown(value)} ({origin})")
     meta = _FIELDS[key].metadata
     if "check" in meta and not meta["check"](value):
-        raise ConfigError(f"{key}: expected {meta['expected']}, got {value!r} ({origin})")
+        raise ConfigError(f"{key}: expected {meta['expected']}, got {_shown(value)} ({origin})")
     return value
 
 
@@ -319,7 +369,7 @@ def _parse_env(key: str, text: str, origin: str) -> Any:
     except ValueError as error:
         if isinstance(error, ConfigError):
             raise
-        raise ConfigError(f"{key}: expected {kind.__name__}, got {text!r} ({origin})") from None
+        raise ConfigError(f"{key}: expected {kind.__name__}, got {_shown(text)} ({origin})") from None
 
 
 def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -353,11 +403,11 @@ def _from_toml(path: Path) -> dict[str, Any]:
             document = tomllib.load(f)
     except OSError as error:
         raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
     except UnicodeDecodeError as error:  # TOML is UTF-8 by definition
         raise ConfigError(f"config file {path} is not UTF-8 text (byte {error.object[error.start]:#04x} "
                           f"at offset {error.start})") from None
+    except ValueError as error:  # TOMLDecodeError, or an integer too long for Python to convert
+        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
     values: dict[str, Any] = {}
     for name, value in document.items():
         if isinstance(value, dict):
@@ -431,7 +481,7 @@ def _check_combinations(config: DaemonConfig) -> None:
 
 def _check_tls(mqtt: MqttConfig) -> None:
     """Load the TLS files as the connection will, so a wrong file fails now, naming its key."""
-    if not (mqtt.tls or mqtt.tls_ca):
+    if not mqtt.uses_tls:
         return
     context = ssl.create_default_context()
     if mqtt.tls_ca:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
@@ -14,6 +15,23 @@ from fer_edge.errors import FerEdgeError
 log = logging.getLogger(__name__)
 # How often serve_forever looks for a shutdown request: stop() returns within this.
 HTTP_POLL_S = 0.1
+
+
+def _cannot_listen(host: str, port: int, error: Exception) -> FerEdgeError:
+    reason = getattr(error, "strerror", None) or str(error)
+    return FerEdgeError(f"http.host, http.port: cannot listen on {host}:{port} ({reason}); "
+                        "change them, or turn HTTP off (http.enabled = false, --no-http)")
+
+
+def check_address(host: str, port: int) -> None:
+    """Refuse a listen address the server could not bind (an invalid or unknown host name, an address
+    not on this machine) without taking `port`: a throwaway port on the same address is bound instead."""
+    with socket.socket(ThreadingHTTPServer.address_family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, 0))
+        # ValueError: a name IDNA cannot encode; TypeError: a NUL in the name.
+        except (OSError, ValueError, TypeError) as error:
+            raise _cannot_listen(host, port, error) from None
 
 
 class StatusServer:
@@ -46,10 +64,8 @@ class StatusServer:
 
         try:
             self._server = ThreadingHTTPServer((host, port), Handler)
-        except OSError as error:  # a port in use, an address not on this machine, an unknown host name
-            reason = error.strerror or str(error)
-            raise FerEdgeError(f"http.host, http.port: cannot listen on {host}:{port} ({reason}); "
-                               "change them, or turn HTTP off (http.enabled = false, --no-http)") from None
+        except (OSError, ValueError, TypeError) as error:  # a port in use, as in check_address
+            raise _cannot_listen(host, port, error) from None
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": HTTP_POLL_S},
                                         name="fer-edge-http", daemon=True)

@@ -48,7 +48,7 @@ def make_client(config: MqttConfig, client_id: str) -> paho.Client:
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311)
     if config.username:
         client.username_pw_set(config.username, config.password or None)
-    if config.tls or config.tls_ca:
+    if config.uses_tls:
         client.tls_set(ca_certs=config.tls_ca or None, certfile=config.tls_cert or None,
                        keyfile=config.tls_key or None)
     return client

@@ -9,11 +9,11 @@ from pathlib import Path
 from fer_edge import __version__
 from fer_edge.spec import NUM_CLASSES
 from fer_edge.edge_runtime import calibration
-from fer_edge.edge_runtime.classifier import ClassifierOptions, file_sha256, resolve_model
+from fer_edge.edge_runtime.classifier import ClassifierOptions, EmotionClassifier, file_sha256, resolve_model
 from fer_edge.edge_runtime.daemon import discovery
 from fer_edge.edge_runtime.daemon.capture import ENDED, FAILED, LOST, OK, FrameGrabber, check_source
 from fer_edge.edge_runtime.daemon.config import ConfigError, DaemonConfig
-from fer_edge.edge_runtime.daemon.http_server import HTTP_POLL_S, StatusServer
+from fer_edge.edge_runtime.daemon.http_server import HTTP_POLL_S, StatusServer, check_address
 from fer_edge.edge_runtime.daemon.jsonl import JsonLinesWriter
 from fer_edge.edge_runtime.daemon.metrics import DaemonMetrics
 from fer_edge.edge_runtime.daemon.mqtt import MqttPublisher
@@ -49,27 +49,46 @@ def model_path(config: DaemonConfig) -> Path:
     return model
 
 
+def _loading(key: str, build, *args, **kwargs):
+    """build(*args, **kwargs), a model that does not load reported as a ConfigError naming `key`."""
+    try:
+        return build(*args, **kwargs)
+    except ModelError as error:
+        raise ConfigError(f"{key}: {error}") from None
+
+
 def build_pipeline(config: DaemonConfig) -> EmotionPipeline:
     """The classifier and detector, loaded once for the daemon's lifetime."""
-    return EmotionPipeline.create(
-        ClassifierOptions(model_path(config), num_threads=config.model.threads, device=config.model.device,
-                          fallback_cpu=config.model.fallback_cpu, verify_sha256=config.model.sha256 or None,
-                          tta=config.model.tta, calibration=config.model.calibration),
-        PipelineOptions(detector=config.pipeline.detector, detector_model=config.pipeline.detector_model or None,
-                        min_face=config.pipeline.min_face, turned_search=config.pipeline.turned_search,
-                        align=config.pipeline.align,
-                        detect_every=config.pipeline.detect_every, search_every=config.pipeline.search_every))
+    classifier = _loading("model.path", EmotionClassifier, ClassifierOptions(
+        model_path(config), num_threads=config.model.threads, device=config.model.device,
+        fallback_cpu=config.model.fallback_cpu, verify_sha256=config.model.sha256 or None,
+        tta=config.model.tta, calibration=config.model.calibration))
+    return _loading("pipeline.detector_model", EmotionPipeline, classifier, options=PipelineOptions(
+        detector=config.pipeline.detector, detector_model=config.pipeline.detector_model or None,
+        min_face=config.pipeline.min_face, turned_search=config.pipeline.turned_search, align=config.pipeline.align,
+        detect_every=config.pipeline.detect_every, search_every=config.pipeline.search_every))
+
+
+def prepare(config: DaemonConfig) -> EmotionPipeline:
+    """Every check the daemon makes before it starts work, and the pipeline it loads: the source,
+    the HTTP listen address (not its port, which a running daemon may hold), the model and the
+    detector. `--check-config`, the start and a SIGHUP reload all go through here, so a config
+    that passes the check starts too."""
+    check_source(config.source.uri)
+    if config.http.enabled:
+        check_address(config.http.host, config.http.port)
+    return build_pipeline(config)
 
 
 class Daemon:
     """One camera's daemon. `run()` blocks; `stop()` may be called from a signal handler or thread."""
 
-    def __init__(self, config: DaemonConfig):
-        check_source(config.source.uri)
+    def __init__(self, config: DaemonConfig, pipeline: EmotionPipeline | None = None):
+        """`pipeline`: what prepare(config) returned, when it was already called."""
+        self.pipeline = pipeline or prepare(config)
         self.config = config
         self.camera_id = config.camera_id
         self.metrics = DaemonMetrics()
-        self.pipeline = build_pipeline(config)
         self.tracker = FaceTracker(config.smoothing, self.pipeline.classifier.class_names)
         self.shares = EmotionShares(self.pipeline.classifier.class_names)
         self.grabber = FrameGrabber(config.source, self.metrics)
