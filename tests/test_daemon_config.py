@@ -128,6 +128,7 @@ def test_flags_override_file_override_environment(tmp_path):
     ("[mqtt]\nport = " + "9" * 5000 + "\n", "is not valid TOML: Exceeds the limit (4300 digits)"),
     ("[pipeline]\nmax_fps = inf\n", "pipeline.max_fps: expected a finite number >= 0, got inf"),
     ("[pipeline]\nsearch_every = 0\n", "pipeline.search_every: expected"),
+    ("[pipeline]\nmin_face = 1\n", "pipeline.min_face: expected an integer >= 8"),
 ])
 def test_bad_file_names_the_key(tmp_path, toml, message):
     with pytest.raises(ConfigError, match=None) as error:

@@ -17,7 +17,7 @@ import click
 
 from fer_edge.atomic import atomic_path, check_writable
 from fer_edge.edge_runtime.classifier import SHIPPED_MODEL, TTA_MODES
-from fer_edge.edge_runtime.detection import DEFAULT_DETECTOR, DEFAULT_MIN_FACE, DETECTORS
+from fer_edge.edge_runtime.detection import DEFAULT_DETECTOR, DEFAULT_MIN_FACE, DETECTORS, SMALLEST_MIN_FACE
 from fer_edge.edge_runtime.interpreter import DEVICES, MAX_THREADS
 from fer_edge.errors import FerEdgeError
 
@@ -48,7 +48,7 @@ def runtime_options(command):
                      help=f"Face detector. Default: {DEFAULT_DETECTOR}."),
         click.option("--detector-model", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
                      help="Detector model file (a YuNet .onnx runs in OpenCV). Default: the one shipped with fer-edge."),
-        click.option("--min-face", type=click.IntRange(min=8), default=None,
+        click.option("--min-face", type=click.IntRange(min=SMALLEST_MIN_FACE), default=None,
                      help=f"Smallest face to find, in frame pixels; larger is faster. Default: {DEFAULT_MIN_FACE}."),
         click.option("--turned-search/--no-turned-search", default=None,
                      help="Also search frames turned +-30 degrees for tilted heads (yunet), for ~1.6x the "

@@ -25,7 +25,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
 
 from fer_edge.atomic import check_writable
 from fer_edge.edge_runtime.classifier import TTA_MODES, ClassifierOptions
-from fer_edge.edge_runtime.detection import DETECTORS
+from fer_edge.edge_runtime.detection import DETECTORS, SMALLEST_MIN_FACE
 from fer_edge.edge_runtime.interpreter import MAX_THREADS
 from fer_edge.edge_runtime.pipeline import PipelineOptions
 from fer_edge.errors import FerEdgeError
@@ -148,7 +148,8 @@ class PipelineConfig:
     detector: str = field(default=PipelineOptions.detector, metadata=_one_of(*DETECTORS))
     detector_model: str = ""
     """Model file of the detector; empty uses the one installed with it."""
-    min_face: int = field(default=PipelineOptions.min_face, metadata=_positive())
+    min_face: int = field(default=PipelineOptions.min_face, metadata=_check(
+        lambda v: v >= SMALLEST_MIN_FACE, f"an integer >= {SMALLEST_MIN_FACE}"))
     """Smallest face to find, in frame pixels; the detector searches no finer than that needs (larger: cheaper)."""
     turned_search: bool = PipelineOptions.turned_search
     """Also search frames turned +-30 degrees for tilted heads (yunet); false: ~0.6x the detection CPU."""
