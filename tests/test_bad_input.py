@@ -191,7 +191,7 @@ CASES = {
     # daemon: checked before a camera or model is opened
     "daemon-max-fps-infinite": lambda t: (["daemon", "--check-config", "--max-fps", "inf"], "pipeline.max_fps"),
     "daemon-timeout-infinite": lambda t: (["daemon", "--check-config", "--config", _write(t / "d.toml", b"[source]\nopen_timeout_s = inf\n")],
-                                          "source.open_timeout_s: expected a finite number > 0"),
+                                          "source.open_timeout_s: expected a number of seconds > 0 and at most 86400"),
 }
 if SYS_READ_ONLY:
     CASES.update({
