@@ -148,6 +148,7 @@ def test_limits_themselves_are_accepted(tmp_path, toml):
 
 @pytest.mark.parametrize("environ, message", [
     ({"FER_EDGE_MQTT_PORTT": "1"}, "unknown config key 'mqtt.portt' (environment variable FER_EDGE_MQTT_PORTT)"),
+    ({"FER_EDGE_MODEL": "m.tflite"}, "FER_EDGE_MODEL names the [model] table, not one of its keys: FER_EDGE_MODEL_PATH"),
     ({"FER_EDGE_HTTP_ENABLED": "maybe"}, "http.enabled: expected bool, got 'maybe'"),
     ({"FER_EDGE_PIPELINE_MAX_FPS": "-1"}, "pipeline.max_fps: expected a finite number >= 0"),
     ({"FER_EDGE_PIPELINE_SEARCH_EVERY": "often"}, "pipeline.search_every: expected int, got 'often'"),

@@ -390,6 +390,9 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
             continue
         table, _, name = rest.partition("_")
         if table in _TABLES and table:
+            if not name:  # FER_EDGE_MODEL=...: a table, not a key; a close match would mislead
+                keys = ", ".join(f"{ENV_PREFIX}{table.upper()}_{k.upper()}" for k in _KEYS[table])
+                raise ConfigError(f"{origin} names the [{table}] table, not one of its keys: {keys}")
             key = f"{table}.{name}"
             if key not in _FIELDS:
                 raise _unknown(key, origin)
