@@ -7,6 +7,7 @@ import json
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 
 from fer_edge.edge_runtime.classifier import SHIPPED_MODEL
 from fer_edge.edge_runtime.daemon.service import Daemon
+from fer_edge.edge_runtime.sources import STREAM_TIMEOUTS_S
 from test_daemon import (CAMERA, broker, free_port, http_get, make_config, processed, running,  # noqa: F401
                          subscriber, wait_until)
 
@@ -168,3 +170,16 @@ def test_rtsp_stream_hangs_dies_and_returns(broker, rtsp_server, tmp_path):
     types = jsonl_types(jsonl)
     assert types.index("source_lost") < types.index("source_restored")
     assert daemon.metrics.registry.get_sample_value("fer_edge_source_reconnects_total") >= 1
+
+
+def test_predict_gives_up_on_a_hung_camera_within_the_stream_timeout(silent_server):
+    """`fer-edge predict` bounds its waits on a stream as the daemon does (FFmpeg's own: 30 s to open)."""
+    url, accepted = silent_server
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "fer_edge", "predict", url], capture_output=True, text=True,
+                            timeout=60)
+    elapsed = time.monotonic() - started
+    assert accepted, "predict never connected to the camera"
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"cannot open {url} within {STREAM_TIMEOUTS_S[0]:g} s" in result.stderr
+    assert elapsed < STREAM_TIMEOUTS_S[0] + 10, f"gave up after {elapsed:.1f} s"

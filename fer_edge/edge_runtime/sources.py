@@ -120,6 +120,10 @@ def _picamera_frames(size: tuple[int, int] = (640, 480)) -> Iterator[np.ndarray]
         camera.close()
 
 
+# Open and read waits on a stream URL (s): FFmpeg's own are 30 s to open and unbounded to read.
+STREAM_TIMEOUTS_S = (5.0, 5.0)
+
+
 def _capture_frames(source: str, max_pixels: int | None = None,
                     stream_timeouts_s: tuple[float, float] | None = None) -> Iterator[np.ndarray]:
     import cv2
@@ -157,7 +161,7 @@ def _capture_frames(source: str, max_pixels: int | None = None,
 
 
 def read_frames(source: str, max_pixels: int | None = None,
-                stream_timeouts_s: tuple[float, float] | None = None) -> Iterator[np.ndarray]:
+                stream_timeouts_s: tuple[float, float] = STREAM_TIMEOUTS_S) -> Iterator[np.ndarray]:
     """Yield the frames of one source (BGR, or gray for the Pi camera); SourceError if it cannot be read
     or a frame is larger than `max_pixels` (width x height; None: no cap).
 

@@ -28,6 +28,7 @@ from fer_edge.edge_runtime.classifier import TTA_MODES, ClassifierOptions
 from fer_edge.edge_runtime.detection import DETECTORS, SMALLEST_MIN_FACE
 from fer_edge.edge_runtime.interpreter import MAX_THREADS
 from fer_edge.edge_runtime.pipeline import PipelineOptions
+from fer_edge.edge_runtime.sources import STREAM_TIMEOUTS_S
 from fer_edge.errors import FerEdgeError
 
 ENV_PREFIX = "FER_EDGE_"
@@ -108,9 +109,9 @@ class SourceConfig:
     retry_min_s: float = field(default=0.5, metadata=_seconds())
     """First wait before reopening a lost camera or stream; doubles on each failure."""
     retry_max_s: float = field(default=30.0, metadata=_seconds())
-    open_timeout_s: float = field(default=5.0, metadata=_seconds())
+    open_timeout_s: float = field(default=STREAM_TIMEOUTS_S[0], metadata=_seconds())
     """Streams (rtsp://, http://): give up opening after this long, then retry with back-off."""
-    read_timeout_s: float = field(default=5.0, metadata=_seconds())
+    read_timeout_s: float = field(default=STREAM_TIMEOUTS_S[1], metadata=_seconds())
     """Streams: a camera that sends no frame for this long is reported lost and reopened."""
     max_frame_pixels: int = field(default=PipelineOptions.max_frame_pixels, metadata=_non_negative())
     """Largest frame accepted (width x height), the memory cap `predict` has too; a larger source
