@@ -136,7 +136,6 @@ CASES = {
     "benchmark-limit-zero": lambda t: (["benchmark", "m.tflite", "--limit", "0"], "--limit"),
     "benchmark-invokes-negative": lambda t: (["benchmark", "m.tflite", "--invokes", "-1"], "--invokes"),
     "benchmark-budget-nan": lambda t: (["benchmark", "m.tflite", "--max-acc-drop", "nan"], "--max-acc-drop"),
-    "benchmark-budget-negative": lambda t: (["benchmark", "m.tflite", "--max-f1-drop", "-0.1"], "--max-f1-drop"),
     # calibrate: its --out is checked before the model runs on two splits
     "calibrate-out-under-a-file": lambda t: (["calibrate", random_bytes(t / "m.tflite"), "--out", _write(t / "f", b"") / "c.json"],
                                              "--out"),

@@ -135,9 +135,9 @@ def inspect_command(model, require_int8, target, as_json):
 @click.option("--split", type=click.Choice(SPLITS), default="PrivateTest", show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), help="Use a stratified subset of this many images of the split.")
 @click.option("--invokes", type=click.IntRange(min=0), default=100, show_default=True, help="Invokes per latency median (0: skip).")
-@click.option("--max-acc-drop", type=click.FloatRange(min=0), default=DEFAULT_MAX_ACC_DROP, show_default=True,
+@click.option("--max-acc-drop", type=float, default=DEFAULT_MAX_ACC_DROP, show_default=True,
               help="Budget: accuracy points an int8 model may lose against the float model.")
-@click.option("--max-f1-drop", type=click.FloatRange(min=0), default=DEFAULT_MAX_F1_DROP, show_default=True,
+@click.option("--max-f1-drop", type=float, default=DEFAULT_MAX_F1_DROP, show_default=True,
               help="Budget: macro F1 an int8 model may lose against the float model.")
 @click.option("--out", "json_out", type=click.Path(), help="Also write the results as JSON to this file.")
 def benchmark(models, data_path, split, limit, invokes, max_acc_drop, max_f1_drop, json_out):
