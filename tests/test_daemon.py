@@ -585,3 +585,26 @@ def test_a_reload_that_cannot_start_keeps_the_running_daemon(blank_video, tmp_pa
     assert "SIGHUP: http.host, http.port: cannot listen on" in second
     assert all(line.rstrip().endswith("; keeping the running configuration") for line in (first, second))
     assert "configuration reloaded" not in stderr and "Traceback" not in stderr
+
+
+def test_a_closed_stdout_stops_the_daemon_with_one_line(blank_video, tmp_path):
+    """`fer-edge daemon --jsonl - | head -1`: when the reader goes, the daemon stops with one line
+    naming output.jsonl, not a traceback or a misleading "cannot start"."""
+    from fer_edge.edge_runtime.classifier import SHIPPED_MODEL
+
+    config = tmp_path / "daemon.toml"
+    config.write_text("[output]\nsummary_interval_s = 0.2\n")
+    process = subprocess.Popen([sys.executable, "-m", "fer_edge", "daemon", "--config", str(config),
+                                "--source", str(blank_video), "--model", str(SHIPPED_MODEL), "--loop", "--no-http",
+                                "--jsonl", "-"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert json.loads(process.stdout.readline())  # one JSON line, then the reader goes away
+        process.stdout.close()
+        stderr = process.stderr.read()
+        process.wait(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 1, stderr
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("Error:")]
+    assert errors == ["Error: output.jsonl: stdout was closed by its reader (a pipe that ended); stopping"], stderr
