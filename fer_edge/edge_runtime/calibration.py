@@ -66,14 +66,16 @@ def load(model_path: str | Path, name: str, model_sha256: str, num_classes: int)
     if name not in entries:
         raise ModelError(f"calibration {name!r} is not in {path}; it has: {', '.join(entries) or 'none'}")
     entry = entries[name]
+    if not isinstance(entry, dict):
+        raise ModelError(f"{path}: calibration {name!r} is not an object with a bias and a temperature")
     try:
         bias = np.asarray(entry.get("bias", []), np.float64)
-        temperature = float(entry.get("temperature", 1.0))
-    except (AttributeError, TypeError, ValueError):
-        bias, temperature = np.zeros(0), float("nan")
-    low, high = TEMPERATURE_RANGE
-    if bias.shape != (num_classes,) or not np.isfinite(bias).all() or not low <= temperature <= high:
-        raise ModelError(f"{path}: calibration {name!r} needs {num_classes} finite biases and a temperature "
-                         f"within {low:g}-{high:g}, got bias {entry.get('bias') if isinstance(entry, dict) else entry!r}"
-                         f"{f' and temperature {temperature:g}' if isinstance(entry, dict) else ''}")
-    return Calibration(bias.astype(np.float32), temperature)
+    except (TypeError, ValueError):  # text among the numbers
+        bias = np.zeros(0)
+    if bias.shape != (num_classes,) or not np.isfinite(bias).all():
+        raise ModelError(f"{path}: calibration {name!r} needs {num_classes} finite biases")
+    temperature, (low, high) = entry.get("temperature", 1.0), TEMPERATURE_RANGE
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not low <= temperature <= high:
+        raise ModelError(f"{path}: calibration {name!r} has temperature {temperature!r}; expected a number "
+                         f"within {low:g}-{high:g}")
+    return Calibration(bias.astype(np.float32), float(temperature))

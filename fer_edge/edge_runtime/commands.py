@@ -184,14 +184,14 @@ def predict(sources, annotate_dir, **options):
     from fer_edge.edge_runtime.errors import SourceError
     from fer_edge.edge_runtime.sources import expand, is_image, probe, read_frames
 
-    if annotate_dir:
-        check_writable(annotate_dir, "--annotate", folder=True)  # before the model loads and frames are read
-    pipeline = build_pipeline(**options)
     paths = expand(list(sources))
+    if annotate_dir:  # before the model loads and frames are read
+        check_writable(annotate_dir, "--annotate", folder=True)
+    targets = annotation_paths(annotate_dir, paths) if annotate_dir else {}
+    pipeline = build_pipeline(**options)
     probes = {source: probe(source) for source in paths}
     counts = [frames for frames, _ in probes.values()]
     total = None if None in counts else sum(counts)
-    targets = annotation_paths(annotate_dir, paths) if annotate_dir else {}
     processed, skipped = 0, []
     # A bar for a single image would be noise; folders, videos and cameras get one on stderr.
     with tqdm(total=total, unit="frame", file=sys.stderr, disable=len(paths) == 1 and is_image(paths[0])) as bar, \

@@ -30,9 +30,10 @@ import numpy as np
 
 DEFAULT_DETECTOR = "yunet"
 DEFAULT_MIN_FACE = 24
-# Below this a face has no features to find, and the finest search level grows without bound.
-SMALLEST_MIN_FACE = 8
 """Smallest face, in frame pixels, detectors are set to find unless told otherwise."""
+SMALLEST_MIN_FACE = 8
+"""The least `min_face` accepted (predict, the daemon): below it a face has no features to find,
+and the finest search level grows without bound."""
 
 
 @dataclass(frozen=True)
