@@ -136,6 +136,12 @@ CASES = {
     "benchmark-limit-zero": lambda t: (["benchmark", "m.tflite", "--limit", "0"], "--limit"),
     "benchmark-invokes-negative": lambda t: (["benchmark", "m.tflite", "--invokes", "-1"], "--invokes"),
     "benchmark-budget-nan": lambda t: (["benchmark", "m.tflite", "--max-acc-drop", "nan"], "--max-acc-drop"),
+    "benchmark-second-model-missing": lambda t: (["benchmark", SHIPPED_MODEL, t / "nope.tflite", "--invokes", "0",
+                                                  "--data", write_generated_npz(t / "g.npz", 5)], "nope.tflite"),
+    "evaluate-a-detector-file": lambda t: (["evaluate", SHIPPED_MODEL.parent.parent / "assets" / "detectors" / "face_detection_yunet.tflite",
+                                            "--data", write_generated_npz(t / "g.npz", 5)], "is it an emotion model?"),
+    "convert-weights-only-h5": lambda t: (["convert", _weights_only(t / "w.h5"), "--int8"], "w.h5: cannot load as a Keras model (weights only"),
+    "predict-float32-tiff": lambda t: (["predict", _float_tiff(t / "f.tiff")], "f.tiff: OpenCV cannot decode"),
     # calibrate: its --out is checked before the model runs on two splits
     "calibrate-out-under-a-file": lambda t: (["calibrate", random_bytes(t / "m.tflite"), "--out", _write(t / "f", b"") / "c.json"],
                                              "--out"),
@@ -226,6 +232,23 @@ def _calibrated(folder: Path, calibrations) -> list:
                 "calibrations": calibrations}
     _write(sidecar_path(model), json.dumps(document).encode())
     return ["predict", "x.jpg", "--model", model, "--calibration", "ferplus"]
+
+
+def _weights_only(path: Path) -> Path:
+    """An .h5 holding weights and no model config, like a run's best_weights.h5."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f.create_group("model_weights")
+    return path
+
+
+def _float_tiff(path: Path) -> Path:
+    """A float32 TIFF: a real image format OpenCV's TIFF reader refuses."""
+    import cv2
+
+    cv2.imwrite(str(path), np.full((64, 64), 0.5, np.float32))
+    return path
 
 
 def _mkdir(path: Path) -> Path:

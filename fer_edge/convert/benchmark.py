@@ -46,9 +46,19 @@ class Row:
         return {k: v for k, v in asdict(self).items() if k != "top1"}
 
 
-def measure(ref: str | Path, images: np.ndarray, labels: np.ndarray, latency_runs: int = 100) -> Row:
-    """Score one model (run folder, .keras/.h5 or .tflite) on uint8 faces with the shared metrics."""
-    from fer_edge.train.evaluate import compute_metrics, load_predictor, predict_probs
+@dataclass
+class Loaded:
+    """A model ready to score: how to predict with it and what it is."""
+    path: Path
+    predictor: object
+    format: str
+    quantization: str
+    size_bytes: int | None
+
+
+def load(ref: str | Path) -> Loaded:
+    """Load one model (run folder, .keras/.h5 or .tflite); FerEdgeError naming it when it cannot."""
+    from fer_edge.train.evaluate import load_predictor
 
     path = Path(ref)
     if path.suffix == ".tflite":
@@ -57,19 +67,23 @@ def measure(ref: str | Path, images: np.ndarray, labels: np.ndarray, latency_run
         report = inspect_model(path)
         quantization = (report.metadata or {}).get("quantization") or (
             "float32" if report.input.dtype == "float32" else "int8")
-        predictor, fmt, size = load_predictor(path), "tflite", report.size_bytes
-        latency = latency_ms(path, images[0], latency_runs) if latency_runs else None
-    else:
-        from fer_edge.train.source import load_source
+        return Loaded(path, load_predictor(path), "tflite", quantization, report.size_bytes)
+    from fer_edge.train.source import load_source
 
-        source = load_source(path)
-        quantization = "qat" if source.qat else "float32"
-        predictor, fmt, size, latency = load_predictor(source.model), "keras", None, None
-    probs = predict_probs(predictor, images)
+    source = load_source(path)
+    return Loaded(path, load_predictor(source.model), "keras", "qat" if source.qat else "float32", None)
+
+
+def measure(model: Loaded, images: np.ndarray, labels: np.ndarray, latency_runs: int = 100) -> Row:
+    """Score one loaded model on uint8 faces with the shared metrics."""
+    from fer_edge.train.evaluate import compute_metrics, predict_probs
+
+    latency = latency_ms(model.path, images[0], latency_runs) if latency_runs and model.format == "tflite" else None
+    probs = predict_probs(model.predictor, images)
     m = compute_metrics(labels, probs)
-    return Row(str(path), fmt, quantization, m["accuracy"], m["f1_weighted"], m["f1_macro"],
-               {name: c["recall"] for name, c in m["per_class"].items()}, size_bytes=size, latency_ms=latency,
-               top1=probs.argmax(axis=1))
+    return Row(str(model.path), model.format, model.quantization, m["accuracy"], m["f1_weighted"], m["f1_macro"],
+               {name: c["recall"] for name, c in m["per_class"].items()}, size_bytes=model.size_bytes,
+               latency_ms=latency, top1=probs.argmax(axis=1))
 
 
 def latency_ms(path: Path, face: np.ndarray, runs: int) -> float:
@@ -97,7 +111,8 @@ def benchmark(refs, images: np.ndarray, labels: np.ndarray, latency_runs: int = 
     """Measure every model; agreement is against `reference_row`."""
     if not refs:
         raise FerEdgeError("MODEL: give at least one model (run folder, .keras/.h5 or .tflite)")
-    rows = [measure(ref, images, labels, latency_runs) for ref in refs]
+    models = [load(ref) for ref in refs]  # every model loads before any is measured: a bad last one fails at once
+    rows = [measure(model, images, labels, latency_runs) for model in models]
     reference = reference_row(rows)
     if reference is not None:
         for row in rows:

@@ -105,9 +105,11 @@ class EmotionClassifier:
             raise ModelError(f"{path}: its metadata does not fit this runtime: " + "; ".join(problems))
 
     def _check_tensors(self, path: Path) -> None:
-        shape = tuple(int(d) for d in self._input["shape"][1:])
+        # The signature shows dynamic sizes as -1 (a detector's whole-frame input), the shape as 1.
+        shape = tuple(int(d) for d in self._input.get("shape_signature", self._input["shape"])[1:])
         if shape != spec.INPUT_SHAPE:
-            raise ModelError(f"{path} takes input {shape}, this runtime feeds {spec.INPUT_SHAPE} grayscale faces")
+            raise ModelError(f"{path} takes input {shape}, this runtime feeds {spec.INPUT_SHAPE} grayscale faces "
+                             "(is it an emotion model?)")
         if self._input["dtype"] not in (np.int8, np.uint8, np.float32):
             raise ModelError(f"{path} takes {np.dtype(self._input['dtype']).name} input; expected int8, uint8 or float32")
         if int(self._output["shape"][-1]) != spec.NUM_CLASSES:

@@ -92,7 +92,7 @@ def _read_image(source: str, max_pixels: int | None) -> np.ndarray:
     except cv2.error as error:  # e.g. above OpenCV's own pixel limit, with no cap or a header Pillow cannot read
         raise SourceError(f"cannot decode image {source} ({' '.join(str(error).split())[-120:]})") from None
     if image is None:
-        raise SourceError(f"cannot read image {source}")
+        raise SourceError(f"cannot read image {source}: OpenCV cannot decode its format or sample type")
     check_frame_size(source, image.shape[1], image.shape[0], max_pixels)
     # libjpeg decodes a truncated JPEG with a gray lower part and a warning that names no file.
     with open(source, "rb") as f:

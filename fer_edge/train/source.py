@@ -43,6 +43,8 @@ def load_source(ref: str | Path) -> SourceModel:
             model = qat.load_qat_model(path)
         except (OSError, ValueError, TypeError, KeyError) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if "No model config" in reason:  # e.g. a run's best_weights.h5: the run folder has the model
+                reason = "weights only, no model in it; give the run folder it belongs to"
             raise FerEdgeError(f"{path}: cannot load as a Keras model ({reason})") from None
     _check_shapes(model, path)
     return SourceModel(model, path, qat.is_qat_model(model))
