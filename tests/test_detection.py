@@ -185,6 +185,28 @@ def test_follow_keeps_a_tilted_face(detectors, astronaut, degrees):
     assert abs(eye_angle(followed.keypoints) - eye_angle(known.keypoints)) < 8
 
 
+@pytest.mark.parametrize("degrees", [30.0, -30.0])
+def test_in_video_the_turned_searches_take_turns(astronaut, degrees):
+    """With following (search_every > 1), each whole search runs one turned view, the two in turn;
+    a head tilted 30 degrees that appears (only a turned search finds it) is found by the second
+    whole search at the latest and followed from then on; a search for a lost face runs both."""
+    from fer_edge.edge_runtime import ClassifierOptions, EmotionClassifier, EmotionPipeline, PipelineOptions
+    from fer_edge.edge_runtime.classifier import SHIPPED_MODEL
+
+    pipeline = EmotionPipeline(EmotionClassifier(ClassifierOptions(SHIPPED_MODEL, num_threads=1)),
+                               options=PipelineOptions(search_every=2))
+    searches, detect = [], pipeline.detector.detect
+    pipeline.detector.detect = lambda gray, tilts=None: searches.append(tilts) or detect(gray, tilts)
+    tilted, blank = turned(astronaut, degrees)[0], np.full_like(astronaut, 128)
+    found = [len(pipeline.process(frame).faces) for frame in [blank] * 3 + [tilted] * 6 + [blank] * 2]
+    first = found.index(1)
+    assert 3 <= first <= 6 and found[first:9] == [1] * (9 - first) and found[9:] == [0, 0], found
+    lost = searches.index(None)  # the searches from the face's loss on run every view
+    views = searches[:lost]
+    assert len(views) >= 4 and all(len(view) == 1 for view in views), searches
+    assert all(a != b for a, b in zip(views, views[1:])) and set(searches[lost:]) == {None}, searches
+
+
 @pytest.mark.parametrize("name", PYRAMID + ["haar"])
 def test_no_faces_in_face_free_photographs(detectors, name):
     skimage_data = pytest.importorskip("skimage.data")

@@ -211,7 +211,7 @@ def test_pipeline_searches_the_whole_frame_on_every_nth_detection(classifier, te
     for method in ("detect", "follow"):
         if hasattr(pipeline.detector, method):
             original = getattr(pipeline.detector, method)
-            setattr(pipeline.detector, method, lambda *args, _m=method, _f=original: calls.append(_m) or _f(*args))
+            setattr(pipeline.detector, method, lambda *args, _m=method, _f=original, **kw: calls.append(_m) or _f(*args, **kw))
     results = [pipeline.process(frame) for frame in read_frames(str(tmp_path / "drift.mp4"))]
     if detector == "haar":  # Haar finds no face in this test face's frames; what matters is that it searched each time
         assert calls == ["detect"] * 12
@@ -234,7 +234,7 @@ def test_a_face_lost_between_searches_brings_the_whole_search_forward(classifier
     calls = []
     for method in ("detect", "follow"):
         original = getattr(pipeline.detector, method)
-        setattr(pipeline.detector, method, lambda *args, _m=method, _f=original: calls.append(_m) or _f(*args))
+        setattr(pipeline.detector, method, lambda *args, _m=method, _f=original, **kw: calls.append(_m) or _f(*args, **kw))
     found = [len(pipeline.process(frame).faces) for frame in [photo] * 3 + [np.zeros_like(photo)] * 4]
     assert found == [1, 1, 1, 0, 0, 0, 0]
     assert calls == ["detect", "follow", "follow", "follow", "detect", "detect", "detect", "detect"], calls

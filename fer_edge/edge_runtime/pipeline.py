@@ -33,7 +33,9 @@ class PipelineOptions:
     search misses is still looked for where it was; when a face is lost in between, the whole frame
     is searched at once and on the next detections until as many faces are found again (at most
     `search_every` times). A new face waits for the next whole search: up to
-    `detect_every * search_every` frames (`benchmarks/video_detection.py`)."""
+    `detect_every * search_every` frames (`benchmarks/video_detection.py`). Above 1, the detector's
+    turned searches (yunet) take turns, one view a whole search: a new tilted head may wait one
+    whole search more; known ones are followed turned upright."""
 
     margin: float | None = None
     """Crop margin as a fraction of the box side; None uses the detector's own `crop_margin`."""
@@ -159,7 +161,7 @@ class EmotionPipeline:
 
     def reset(self) -> None:
         """Forget carried-over boxes, e.g. before a new video."""
-        self._frame_index = self._follows_left = self._hunting = self._wanted = 0
+        self._frame_index = self._follows_left = self._hunting = self._wanted = self._searches = 0
         self._detections: list[Detection] = []
 
     def _find_faces(self, gray: np.ndarray) -> list[Detection]:
@@ -177,7 +179,7 @@ class EmotionPipeline:
             # A face was lost (it moved far, turned or left): search the whole frame from now on,
             # until as many faces are found again, for at most `search_every` detections.
             self._hunting, self._wanted = every, len(self._detections)
-        found = self.detector.detect(gray)
+        found = self._search(gray, every)
         if followed is None:  # a face the whole search misses is still looked for where it was
             lost = unmatched(self._detections, found)
             followed = follow(gray, lost) if lost else []
@@ -185,6 +187,17 @@ class EmotionPipeline:
         self._hunting = 0 if len(faces) >= self._wanted else max(0, self._hunting - 1)
         self._follows_left = every - 1
         return faces
+
+    def _search(self, gray: np.ndarray, every: int) -> list[Detection]:
+        """A whole search. When known faces are followed between searches (`search_every` > 1), the
+        turned searches take turns, one view a search: a known tilted face is followed turned
+        upright by its eye line, so only a new one waits, for at most a search more; a search for
+        a lost face runs them all."""
+        tilts = getattr(self.detector, "tilts", ())
+        self._searches += 1
+        if every > 1 and len(tilts) > 1 and not self._hunting:
+            return self.detector.detect(gray, tilts=(tilts[self._searches % len(tilts)],))
+        return self.detector.detect(gray)
 
     def process(self, frame: np.ndarray) -> FrameResult:
         """Find the faces in a BGR or gray frame and classify their emotions."""

@@ -188,16 +188,18 @@ class PyramidDetector:
         boxes = boxes / window.scale + np.tile(offset, 2)
         return boxes, scores, keypoints / window.scale + offset
 
-    def detect(self, gray: np.ndarray) -> list[Detection]:
+    def detect(self, gray: np.ndarray, tilts: tuple[float, ...] | None = None) -> list[Detection]:
+        """The faces in `gray`; `tilts`: the turned searches to run this time (default: all of `self.tilts`)."""
+        tilts = self.tilts if tilts is None else tilts
         found = self._candidates(*self._search(gray, self.min_face))
         looked = [replace(d, score=self._look(gray, d, 0.0)) for d in found] if self.verify else found
         kept = [d for d in looked if d.score >= self.min_score]
         # A frame narrower than the faces the turned searches look for holds none of them.
-        if self.tilts and min(gray.shape[:2]) >= max(self.min_face, self.model.tilt_min_face):
+        if tilts and min(gray.shape[:2]) >= max(self.min_face, self.model.tilt_min_face):
             # The faces the upright search does not confirm get a second chance: the turned
             # searches' candidates, and a second look turned upright by each candidate's eye line.
             doubtful = [d for d, seen in zip(found, looked) if seen.score < self.min_score]
-            for angle in self.tilts:
+            for angle in tilts:
                 doubtful += self._candidates(*self._search_turned(gray, angle))
             smallest = 0.75 * max(self.min_face, self.model.tilt_min_face)  # as `_candidates` allows for min_face
             doubtful = [d for d, side in zip(doubtful, crop_sides(corners(doubtful), self.model.box_to_crop))

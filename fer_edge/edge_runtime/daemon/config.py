@@ -160,7 +160,8 @@ class PipelineConfig:
     """Run the detector on every Nth frame and carry its boxes over in between (saves power)."""
     search_every: int = field(default=5, metadata=_positive())
     """Search the whole frame on every Nth detection; in between, find the known faces again around
-    their last place (yunet, blazeface-*): far less CPU; a new face waits up to detect_every * search_every frames."""
+    their last place (yunet, blazeface-*): far less CPU; a new face waits up to detect_every * search_every frames
+    (a new tilted head one whole search more: the turned searches take turns)."""
     max_fps: float = field(default=10.0, metadata=_non_negative())
     """Process at most this many frames a second to save power; 0 means no cap."""
 
