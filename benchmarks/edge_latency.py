@@ -19,7 +19,8 @@ least as many faces per frame as the `fer` pipeline: every frames/s figure has t
 frame beside it. Detecting on every frame, every 3rd frame with whole searches only, and the
 `blazeface-short` detector at the daemon's settings are shown beside it. What following costs in
 faces found when many faces move is measured by `benchmarks/video_detection.py`.
-Frames/s is 1000 / mean frame time (with carried-over boxes the median frame runs no detection); on
+"1 thread" means one for LiteRT and one for OpenCV (`cv2.setNumThreads`), the `fer` pipeline's Haar
+cascade included, which OpenCV would otherwise run on every core. Frames/s is 1000 / mean frame time (with carried-over boxes the median frame runs no detection); on
 a shared machine compare ratios from one run.
 """
 from __future__ import annotations
@@ -139,6 +140,7 @@ def main(int8_path, float_path, batch2_path, peer_path, data, n_faces, frames, r
             video = compose_video(faces[:12], width, height, frames, Path(folder))
             for detector, detect_every, search_every in SETTINGS:
                 for threads in (1, all_threads):
+                    cv2.setNumThreads(threads)  # OpenCV's own pool (Haar, resizes) is threads too
                     classifier = EmotionClassifier(ClassifierOptions(int8_path, num_threads=threads))
                     pipeline = EmotionPipeline(classifier, options=PipelineOptions(
                         detector=detector, detect_every=detect_every, search_every=search_every))
@@ -159,6 +161,8 @@ def main(int8_path, float_path, batch2_path, peer_path, data, n_faces, frames, r
                     if threads == 1:
                         ours[detector, detect_every, search_every] = fps, found
             if peer_path.is_file():
+                # One thread: left to itself, OpenCV runs the Haar cascade on every core.
+                cv2.setNumThreads(1)
                 reference = FerPackagePipeline(PeerModel(peer_path, 1))
                 times, counts = [], []
                 for frame in video:
