@@ -187,6 +187,10 @@ CASES = {
     "train-lr-infinite": lambda t: (["train", "--lr", "inf", "--out", t / "run"], "--lr"),
     "train-resume-nothing": lambda t: (["train", "--resume", "--out", t / "run"], "--resume"),
     "train-resume-with-lr": lambda t: (["train", "--resume", "--lr", "0.1", "--out", t / "run"], "--lr"),
+    "train-epochs-huge": lambda t: (["train", "--epochs", "100000000", "--out", t / "run"], "--epochs: 100000000 is not allowed; give 1 to 1000"),
+    "train-warmup-longer-than-run": lambda t: (["train", "--epochs", "3", "--warmup-epochs", "1e30", "--out", t / "run"],
+                                               "--warmup-epochs: 1e+30 is not allowed; give 0 up to the 3 epochs"),
+    "train-logical-cpus-huge": lambda t: (["train", "--logical-cpus", "100000", "--out", t / "run"], "--logical-cpus"),
     "train-qat-with-widths": lambda t: (["train", "--qat", "--from", t / "run", "--widths", "8,8,8,8"], "--widths"),
     # demo
     "demo-unknown-extension": lambda t: (["demo", "--out", t / "x.xyz"], "x.xyz"),
