@@ -199,6 +199,9 @@ CASES = {
     "demo-random-model": lambda t: (["demo", "--model", random_bytes(t / "m.tflite"), "--out", t / "d.jpg"], "m.tflite"),
     # daemon: checked before a camera or model is opened
     "daemon-max-fps-infinite": lambda t: (["daemon", "--check-config", "--max-fps", "inf"], "pipeline.max_fps"),
+    "daemon-vote-window-huge": lambda t: (["daemon", "--check-config", "--config", _write(t / "d.toml", b"[smoothing]\nwindow = 100000000000000000000\n")],
+                                          "smoothing.window: expected an integer 1..1000 (frames)"),
+    "daemon-http-host-empty": lambda t: (["daemon", "--check-config", "--http-host", ""], "http.host: expected an address; empty listens"),
     "daemon-timeout-infinite": lambda t: (["daemon", "--check-config", "--config", _write(t / "d.toml", b"[source]\nopen_timeout_s = inf\n")],
                                           "source.open_timeout_s: expected a number of seconds > 0 and at most 86400"),
 }
