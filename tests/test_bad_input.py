@@ -152,6 +152,9 @@ CASES = {
     "predict-above-opencv-limit": lambda t: (["predict", png_header(t / "giant.png", 40000, 40000), "--max-frame-pixels", "0"], "giant.png"),
     "predict-random-image": lambda t: (["predict", random_bytes(t / "r.jpg")], "r.jpg"),
     "predict-missing": lambda t: (["predict", t / "nope.jpg"], "nope.jpg"),
+    "predict-fifo": lambda t: (["predict", _fifo(t / "f.jpg")], "f.jpg: not a regular file"),
+    "predict-fifo-video": lambda t: (["predict", _fifo(t / "f.mp4")], "f.mp4: not a regular file"),
+    "predict-dev-null": lambda t: (["predict", "/dev/null"], "/dev/null: not a regular file"),
     "predict-detector-model-is-emotion-model": lambda t: (["predict", "x.jpg", "--detector", "blazeface-short",
                                                            "--detector-model", SHIPPED_MODEL],
                                                           "gives 1 output(s), not the (128, 128, 3) input and 2 outputs"),
@@ -255,6 +258,12 @@ def _float_tiff(path: Path) -> Path:
     import cv2
 
     cv2.imwrite(str(path), np.full((64, 64), 0.5, np.float32))
+    return path
+
+
+def _fifo(path: Path) -> Path:
+    """A named pipe no one writes to: opening it to read waits forever."""
+    os.mkfifo(path)
     return path
 
 
