@@ -152,6 +152,8 @@ CASES = {
     "predict-above-opencv-limit": lambda t: (["predict", png_header(t / "giant.png", 40000, 40000), "--max-frame-pixels", "0"], "giant.png"),
     "predict-random-image": lambda t: (["predict", random_bytes(t / "r.jpg")], "r.jpg"),
     "predict-missing": lambda t: (["predict", t / "nope.jpg"], "nope.jpg"),
+    "predict-folder-without-images": lambda t: (["predict", _write(_mkdir(t / "photos") / "a.gif", b"GIF89a").parent],
+                                                "photos: no images or videos in it"),
     "predict-fifo": lambda t: (["predict", _fifo(t / "f.jpg")], "f.jpg: not a regular file"),
     "predict-fifo-video": lambda t: (["predict", _fifo(t / "f.mp4")], "f.mp4: not a regular file"),
     "predict-dev-null": lambda t: (["predict", "/dev/null"], "/dev/null: not a regular file"),
