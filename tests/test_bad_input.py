@@ -145,6 +145,8 @@ CASES = {
     # calibrate: its --out is checked before the model runs on two splits
     "calibrate-out-under-a-file": lambda t: (["calibrate", random_bytes(t / "m.tflite"), "--out", _write(t / "f", b"") / "c.json"],
                                              "--out"),
+    "calibrate-out-is-a-fifo": lambda t: (["calibrate", random_bytes(t / "m.tflite"), "--out", _fifo(t / "c.json")],
+                                          "--out " + str(t / "c.json") + ": is a device or fifo"),
     "evaluate-truncated-data": lambda t: (["evaluate", SHIPPED_MODEL, "--data", truncated(write_generated_npz(t / "g.npz", 5), t / "t.npz")], "t.npz"),
     # predict
     "predict-annotate-under-a-file": lambda t: (["predict", "x.jpg", "--annotate", _write(t / "f", b"") / "ann"], "--annotate"),

@@ -488,7 +488,8 @@ def _check_combinations(config: DaemonConfig) -> None:
         if not folder.is_dir():
             raise ConfigError(f"output.jsonl: no such folder: {folder} (for {jsonl})")
         try:
-            check_writable(jsonl, "output.jsonl")
+            if not (Path(jsonl).is_fifo() or Path(jsonl).is_char_device()):  # appended to as they are, not replaced
+                check_writable(jsonl, "output.jsonl")
         except FerEdgeError as error:
             raise ConfigError(str(error)) from None
 
