@@ -55,6 +55,10 @@ def check_writable(target: str | Path, option: str, folder: bool = False) -> Pat
     if target.is_dir() != folder and target.exists():
         raise FerEdgeError(f"{option} {target}: is a {'file' if folder else 'folder'}, expected a "
                            f"{'folder' if folder else 'file'} path")
+    if not folder and target.exists() and not target.is_file():
+        # The rename in atomic_path replaces the node itself (a fifo given to `demo --out` became a
+        # regular file): run as root, `--out /dev/null` would swap the system's /dev/null for one.
+        raise FerEdgeError(f"{option} {target}: is a device or fifo, not a regular file; give a file path")
     existing = target if folder and target.is_dir() else target.parent
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent

@@ -145,6 +145,8 @@ CASES = {
     # calibrate: its --out is checked before the model runs on two splits
     "calibrate-out-under-a-file": lambda t: (["calibrate", random_bytes(t / "m.tflite"), "--out", _write(t / "f", b"") / "c.json"],
                                              "--out"),
+    "calibrate-out-is-a-fifo": lambda t: (["calibrate", random_bytes(t / "m.tflite"), "--out", _fifo(t / "c.json")],
+                                          "--out " + str(t / "c.json") + ": is a device or fifo"),
     "evaluate-truncated-data": lambda t: (["evaluate", SHIPPED_MODEL, "--data", truncated(write_generated_npz(t / "g.npz", 5), t / "t.npz")], "t.npz"),
     # predict
     "predict-annotate-under-a-file": lambda t: (["predict", "x.jpg", "--annotate", _write(t / "f", b"") / "ann"], "--annotate"),
@@ -152,6 +154,11 @@ CASES = {
     "predict-above-opencv-limit": lambda t: (["predict", png_header(t / "giant.png", 40000, 40000), "--max-frame-pixels", "0"], "giant.png"),
     "predict-random-image": lambda t: (["predict", random_bytes(t / "r.jpg")], "r.jpg"),
     "predict-missing": lambda t: (["predict", t / "nope.jpg"], "nope.jpg"),
+    "predict-folder-without-images": lambda t: (["predict", _write(_mkdir(t / "photos") / "a.gif", b"GIF89a").parent],
+                                                "photos: no images or videos in it"),
+    "predict-fifo": lambda t: (["predict", _fifo(t / "f.jpg")], "f.jpg: not a regular file"),
+    "predict-fifo-video": lambda t: (["predict", _fifo(t / "f.mp4")], "f.mp4: not a regular file"),
+    "predict-dev-null": lambda t: (["predict", "/dev/null"], "/dev/null: not a regular file"),
     "predict-detector-model-is-emotion-model": lambda t: (["predict", "x.jpg", "--detector", "blazeface-short",
                                                            "--detector-model", SHIPPED_MODEL],
                                                           "gives 1 output(s), not the (128, 128, 3) input and 2 outputs"),
@@ -187,6 +194,10 @@ CASES = {
     "train-lr-infinite": lambda t: (["train", "--lr", "inf", "--out", t / "run"], "--lr"),
     "train-resume-nothing": lambda t: (["train", "--resume", "--out", t / "run"], "--resume"),
     "train-resume-with-lr": lambda t: (["train", "--resume", "--lr", "0.1", "--out", t / "run"], "--lr"),
+    "train-epochs-huge": lambda t: (["train", "--epochs", "100000000", "--out", t / "run"], "--epochs: 100000000 is not allowed; give 1 to 1000"),
+    "train-warmup-longer-than-run": lambda t: (["train", "--epochs", "3", "--warmup-epochs", "1e30", "--out", t / "run"],
+                                               "--warmup-epochs: 1e+30 is not allowed; give 0 up to the 3 epochs"),
+    "train-logical-cpus-huge": lambda t: (["train", "--logical-cpus", "100000", "--out", t / "run"], "--logical-cpus"),
     "train-qat-with-widths": lambda t: (["train", "--qat", "--from", t / "run", "--widths", "8,8,8,8"], "--widths"),
     # demo
     "demo-unknown-extension": lambda t: (["demo", "--out", t / "x.xyz"], "x.xyz"),
@@ -195,6 +206,9 @@ CASES = {
     "demo-random-model": lambda t: (["demo", "--model", random_bytes(t / "m.tflite"), "--out", t / "d.jpg"], "m.tflite"),
     # daemon: checked before a camera or model is opened
     "daemon-max-fps-infinite": lambda t: (["daemon", "--check-config", "--max-fps", "inf"], "pipeline.max_fps"),
+    "daemon-vote-window-huge": lambda t: (["daemon", "--check-config", "--config", _write(t / "d.toml", b"[smoothing]\nwindow = 100000000000000000000\n")],
+                                          "smoothing.window: expected an integer 1..1000 (frames)"),
+    "daemon-http-host-empty": lambda t: (["daemon", "--check-config", "--http-host", ""], "http.host: expected an address; empty listens"),
     "daemon-timeout-infinite": lambda t: (["daemon", "--check-config", "--config", _write(t / "d.toml", b"[source]\nopen_timeout_s = inf\n")],
                                           "source.open_timeout_s: expected a number of seconds > 0 and at most 86400"),
 }
@@ -248,6 +262,12 @@ def _float_tiff(path: Path) -> Path:
     import cv2
 
     cv2.imwrite(str(path), np.full((64, 64), 0.5, np.float32))
+    return path
+
+
+def _fifo(path: Path) -> Path:
+    """A named pipe no one writes to: opening it to read waits forever."""
+    os.mkfifo(path)
     return path
 
 

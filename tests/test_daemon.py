@@ -499,6 +499,31 @@ def test_an_idle_http_client_is_disconnected(blank_video):
         assert http_get(config.http.port, "/healthz")[0] in (200, 503)  # other clients are still served
 
 
+def test_a_client_that_resets_mid_response_leaves_no_traceback(capfd):
+    """A reset before the answer is written: a debug line, not socketserver's traceback on stderr."""
+    import struct
+
+    from fer_edge.edge_runtime.daemon.http_server import StatusServer
+
+    def slow_metrics() -> bytes:
+        time.sleep(0.3)  # the client has reset the connection by the time the answer is written
+        return b"x" * 100_000
+
+    server = StatusServer("127.0.0.1", 0, lambda: (True, {}), dict, slow_metrics)
+    server.start()
+    try:
+        for _ in range(3):
+            client = socket.create_connection(server.address, 5)
+            client.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
+            client.close()
+        time.sleep(1)
+        assert http_get(server.address[1], "/healthz")[0] == 200
+    finally:
+        server.stop()
+    assert "Traceback" not in capfd.readouterr().err
+
+
 def test_sighup_reloads_the_config_or_keeps_the_running_one(blank_video, tmp_path):
     """The real command: SIGHUP re-reads the config file; an invalid one is logged and ignored."""
     http_port = free_port()

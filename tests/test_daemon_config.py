@@ -170,6 +170,13 @@ def test_a_ca_file_that_is_not_a_certificate_names_key_and_file(tmp_path):
     assert str(error.value).startswith(f"mqtt.tls_ca: {ca} is not a readable PEM CA certificate")
 
 
+def test_a_jsonl_fifo_is_taken(tmp_path):
+    # JSON lines are appended to output.jsonl, so a fifo (a consumer's pipe) is a fine target: only
+    # files that are replaced (model, report) refuse one.
+    os.mkfifo(tmp_path / "events")
+    assert resolve({"output.jsonl": str(tmp_path / "events")}).output.jsonl == str(tmp_path / "events")
+
+
 def test_a_jsonl_path_that_is_a_folder_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="output.jsonl .*: is a folder, expected a file path"):
         resolve({"output.jsonl": str(tmp_path)})

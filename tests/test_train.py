@@ -224,6 +224,23 @@ def test_compare_names_the_damaged_file_and_key(tmp_path, damage, message):
     assert f"{bad / message}" in output and len(output.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_erasing_and_mixup_under_mixed_precision(policy):
+    """`--precision auto` is bfloat16 on CPUs with AVX512-BF16: erasing and mixup used to fail there
+    with a dtype mismatch in their first batch."""
+    from fer_edge.train.augment import augment_batch_fn
+    from fer_edge.train.config import AugmentConfig
+    from fer_edge.train.tf_setup import tf
+
+    tf.keras.mixed_precision.set_global_policy(policy)
+    try:
+        apply = augment_batch_fn(AugmentConfig(erasing=1.0, mixup=0.2), seed=0)
+        images, labels = apply(tf.random.uniform([4, 48, 48, 1]), tf.one_hot([0, 1, 2, 3], len(CLASS_NAMES)))
+    finally:
+        tf.keras.mixed_precision.set_global_policy("float32")
+    assert images.shape == (4, 48, 48, 1) and labels.shape == (4, len(CLASS_NAMES))
+
+
 @pytest.mark.parametrize("flag, value", [("--seed", "-1"), ("--seed", str(2**32)), ("--widths", "16,0,32,64")])
 def test_train_refuses_bad_seed_and_widths(tmp_path, flag, value):
     output = run_cli("train", flag, value, "--out", tmp_path / "run", expect=1).output

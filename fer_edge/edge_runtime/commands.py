@@ -182,9 +182,12 @@ def predict(sources, annotate_dir, **options):
 
     from fer_edge.edge_runtime.drawing import annotate
     from fer_edge.edge_runtime.errors import SourceError
-    from fer_edge.edge_runtime.sources import expand, is_image, probe, read_frames
+    from fer_edge.edge_runtime.sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES, expand, is_image, probe, read_frames
 
     paths = expand(list(sources))
+    if not paths:  # only folders without images or videos expand to nothing
+        raise FerEdgeError(f"{', '.join(sources)}: no images or videos in it (files ending in "
+                           f"{' '.join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))})")
     if annotate_dir:  # before the model loads and frames are read
         check_writable(annotate_dir, "--annotate", folder=True)
     targets = annotation_paths(annotate_dir, paths) if annotate_dir else {}

@@ -45,7 +45,7 @@ def expand(sources: list[str]) -> list[str]:
 
 def probe(source: str) -> tuple[int | None, float | None]:
     """(frame count, frames per second) of a source; None where unknown (cameras, unreadable files)."""
-    if is_camera(source):
+    if is_camera(source) or not Path(source).is_file():  # opening a fifo would wait for a writer
         return None, None
     if is_image(source):
         return 1, None
@@ -168,9 +168,11 @@ def read_frames(source: str, max_pixels: int | None = None,
     `stream_timeouts_s` (open, read) bound the waits on a stream URL (rtsp://, http://)."""
     if source == PICAMERA:
         yield from _picamera_frames()
+    elif not is_camera(source) and not Path(source).is_file():
+        # A fifo or other device blocks its reader in C, where not even SIGTERM reaches it.
+        raise SourceError(f"{source}: not a regular file (a fifo, device or folder)" if Path(source).exists()
+                          else f"no such file: {source}")
     elif is_image(source):
         yield _read_image(source, max_pixels)
-    elif is_camera(source) or Path(source).is_file():
-        yield from _capture_frames(source, max_pixels, stream_timeouts_s)
     else:
-        raise SourceError(f"no such file: {source}")
+        yield from _capture_frames(source, max_pixels, stream_timeouts_s)

@@ -56,7 +56,9 @@ def augment_batch_fn(cfg: AugmentConfig, seed: int):
     layers = augmentation_layers(cfg, seed)
 
     def apply(images, labels):
-        images = layers(images, training=True)
+        # Under a mixed-precision policy the layers return bfloat16 or float16, which erasing's float32
+        # noise and mixup's float32 weights cannot be mixed with; the model casts its input back anyway.
+        images = tf.cast(layers(images, training=True), tf.float32)
         if cfg.erasing:
             images = random_erasing(images, cfg.erasing)
         if cfg.mixup:

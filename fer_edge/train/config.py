@@ -103,6 +103,12 @@ QAT_DEFAULTS = {"epochs": 5, "lr": 1e-4, "warmup_epochs": 0.0, "precision": "flo
 MODEL_FLAGS = {"widths": "--widths", "blocks": "--blocks", "stem_stride": "--stem-stride"}
 # What a QAT run may change of its float run: the schedule and the data draw, never the network.
 QAT_OVERRIDABLE = ("data", "epochs", "lr", "batch_size", "patience", "train_limit", "val_limit", "seed")
+# Every epoch's image order is drawn when training starts (so a resumed run draws the same ones):
+# 10^8 epochs of 200 images ran out of memory after a minute and a half.
+MAX_EPOCHS = 1000
+# Each logical CPU holds a replica of the model in this one process; two test the distributed path,
+# and 16 of even the smallest network did not finish an epoch in five minutes here.
+MAX_LOGICAL_CPUS = 8
 
 
 @dataclass
@@ -167,13 +173,16 @@ class TrainConfig:
 
         need(self.model in ARCHS, "--arch", self.model, f"choose from {', '.join(ARCHS)}")
         need(self.precision in PRECISIONS, "--precision", self.precision, f"choose from {', '.join(PRECISIONS)}")
-        need(self.epochs >= 1, "--epochs", self.epochs, "give at least 1")
+        need(1 <= self.epochs <= MAX_EPOCHS, "--epochs", self.epochs, f"give 1 to {MAX_EPOCHS}")
         need(self.batch_size >= 1, "--batch-size", self.batch_size, "give at least 1")
         need(0 < self.lr < math.inf, "--lr", self.lr, "the learning rate must be positive and finite")
-        need(0 <= self.warmup_epochs < math.inf, "--warmup-epochs", self.warmup_epochs, "give 0 or more")
+        # A longer warm-up never reaches the peak rate, and a huge one overflows the schedule's step count.
+        need(0 <= self.warmup_epochs <= self.epochs, "--warmup-epochs", self.warmup_epochs,
+             f"give 0 up to the {self.epochs} epochs of the run")
         need(0 <= self.label_smoothing < 1, "--label-smoothing", self.label_smoothing, "give a value in [0, 1)")
         need(self.patience >= 1, "--patience", self.patience, "give at least 1 epoch")
-        need(self.logical_cpus >= 0, "--logical-cpus", self.logical_cpus, "give 0 (off) or more")
+        need(0 <= self.logical_cpus <= MAX_LOGICAL_CPUS, "--logical-cpus", self.logical_cpus,
+             f"give 0 (off) up to {MAX_LOGICAL_CPUS}")
         need(0 < self.distill <= 1, "--distill", self.distill, "give a weight in (0, 1]")
         # numpy's and TensorFlow's seeds are unsigned 32-bit; the trainer adds the epoch to it.
         need(0 <= self.seed < 2**31, "--seed", self.seed, f"give an integer from 0 to {2**31 - 1}")

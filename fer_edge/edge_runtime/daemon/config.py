@@ -166,6 +166,9 @@ class PipelineConfig:
     """Process at most this many frames a second to save power; 0 means no cap."""
 
 
+MAX_VOTE_WINDOW = 1000
+
+
 @dataclass
 class SmoothingConfig:
     """Per-face temporal smoothing, so labels do not flicker from frame to frame."""
@@ -174,7 +177,10 @@ class SmoothingConfig:
     """`ema`: exponential moving average of probabilities; `vote`: majority of the last `window` labels."""
     alpha: float = field(default=0.3, metadata=_check(lambda v: 0 < v <= 1, "a number in (0, 1]"))
     """EMA weight of the newest frame."""
-    window: int = field(default=5, metadata=_positive())
+    window: int = field(default=5, metadata=_check(lambda v: 1 <= v <= MAX_VOTE_WINDOW,
+                                                    f"an integer 1..{MAX_VOTE_WINDOW} (frames)"))
+    """Frames the `vote` method takes the majority of: 1000 is minutes of video even at 10 fps, and a
+    window above 2^63 crashed the daemon when the first face appeared."""
     iou_threshold: float = field(default=0.3, metadata=_check(lambda v: 0 < v < 1, "a number in (0, 1)"))
     """Minimum box overlap for a face to keep its identity from one frame to the next."""
     min_hits: int = field(default=2, metadata=_positive())
@@ -251,8 +257,10 @@ class HttpConfig:
     """HTTP endpoints: /healthz, /state and /metrics."""
 
     enabled: bool = True
-    host: str = "127.0.0.1"
-    """Listen address; only this machine can connect unless you name another address."""
+    host: str = field(default="127.0.0.1", metadata=_check(
+        bool, "an address; empty listens on every interface, write 0.0.0.0 if that is meant"))
+    """Listen address; only this machine can connect unless you name another address (an empty one,
+    e.g. an unset variable in FER_EDGE_HTTP_HOST=$HOST, is refused rather than taken as every interface)."""
     port: int = field(default=8080, metadata=_port(allow_zero=True))
     stale_after_s: float = field(default=5.0, metadata=_seconds())
     """/healthz fails when the newest frame is older than this."""
@@ -480,7 +488,8 @@ def _check_combinations(config: DaemonConfig) -> None:
         if not folder.is_dir():
             raise ConfigError(f"output.jsonl: no such folder: {folder} (for {jsonl})")
         try:
-            check_writable(jsonl, "output.jsonl")
+            if not (Path(jsonl).is_fifo() or Path(jsonl).is_char_device()):  # appended to as they are, not replaced
+                check_writable(jsonl, "output.jsonl")
         except FerEdgeError as error:
             raise ConfigError(str(error)) from None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
@@ -32,6 +33,19 @@ def check_address(host: str, port: int) -> None:
         # ValueError: a name IDNA cannot encode; TypeError: a NUL in the name.
         except (OSError, ValueError, TypeError) as error:
             raise _cannot_listen(host, port, error) from None
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        # A client that goes away mid-response (a reset, a health checker's own timeout) is routine;
+        # socketserver's default prints a traceback per request into the daemon's log.
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError):
+            log.debug("http: client %s went away (%s)", client_address[0], error)
+            return
+        super().handle_error(request, client_address)
 
 
 class StatusServer:
@@ -63,10 +77,9 @@ class StatusServer:
                 log.debug("http: " + format, *args)
 
         try:
-            self._server = ThreadingHTTPServer((host, port), Handler)
+            self._server = _Server((host, port), Handler)
         except (OSError, ValueError, TypeError) as error:  # a port in use, as in check_address
             raise _cannot_listen(host, port, error) from None
-        self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": HTTP_POLL_S},
                                         name="fer-edge-http", daemon=True)
 
