@@ -11,6 +11,7 @@ import ctypes.util
 import hashlib
 import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -156,6 +157,9 @@ CASES = {
     "predict-missing": lambda t: (["predict", t / "nope.jpg"], "nope.jpg"),
     "predict-folder-without-images": lambda t: (["predict", _write(_mkdir(t / "photos") / "a.gif", b"GIF89a").parent],
                                                 "photos: no images or videos in it"),
+    "calibrate-neutral-target-above-one": lambda t: (["calibrate", SHIPPED_MODEL, "--neutral-target", "2"], "--neutral-target"),
+    "calibrate-neutral-target-nan": lambda t: (["calibrate", SHIPPED_MODEL, "--neutral-target", "nan"], "--neutral-target"),
+    "inspect-a-fifo": lambda t: (["inspect", _fifo(t / "m.tflite")], "m.tflite: not a regular file"),
     "predict-fifo": lambda t: (["predict", _fifo(t / "f.jpg")], "f.jpg: not a regular file"),
     "predict-fifo-video": lambda t: (["predict", _fifo(t / "f.mp4")], "f.mp4: not a regular file"),
     "predict-dev-null": lambda t: (["predict", "/dev/null"], "/dev/null: not a regular file"),
@@ -402,6 +406,16 @@ def test_predict_killed_mid_video_leaves_no_annotation(tmp_path):
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 128 + signal.SIGTERM and "Traceback" not in stderr, stderr
     assert list(out.iterdir()) == []  # neither long.mp4 nor its temporary file
+
+
+def test_predict_names_an_empty_folder_and_goes_on(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "photos").mkdir()
+    shutil.copy(SAMPLE_IMAGE, tmp_path / "photos" / "a.jpg")
+    result = cli("predict", tmp_path / "empty", tmp_path / "photos")
+    assert result.returncode == 0, result.stderr
+    assert f"skipped {tmp_path / 'empty'}: no images or videos in it" in result.stderr
+    assert '"source": "' + str(tmp_path / "photos" / "a.jpg") in result.stdout
 
 
 def test_predict_skips_oversized_image_and_goes_on(tmp_path):

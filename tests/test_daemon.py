@@ -524,6 +524,26 @@ def test_a_client_that_resets_mid_response_leaves_no_traceback(capfd):
     assert "Traceback" not in capfd.readouterr().err
 
 
+def test_head_requests_get_the_headers_of_a_get():
+    """Health checkers often ask with HEAD: the status and headers of GET, no body."""
+    from fer_edge.edge_runtime.daemon.http_server import StatusServer
+
+    server = StatusServer("127.0.0.1", 0, lambda: (False, {"why": "no frame"}), dict, lambda: b"m 1\n")
+    server.start()
+    try:
+        for path, status in (("/healthz", 503), ("/metrics", 200), ("/nope", 404)):
+            request = urllib.request.Request(f"http://127.0.0.1:{server.address[1]}{path}", method="HEAD")
+            try:
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    got, headers, body = response.status, response.headers, response.read()
+            except urllib.error.HTTPError as error:
+                got, headers, body = error.code, error.headers, error.read()
+            assert (got, body) == (status, b""), path
+            assert int(headers["Content-Length"]) == len(http_get(server.address[1], path)[1]), path
+    finally:
+        server.stop()
+
+
 def test_sighup_reloads_the_config_or_keeps_the_running_one(blank_video, tmp_path):
     """The real command: SIGHUP re-reads the config file; an invalid one is logged and ignored."""
     http_port = free_port()

@@ -185,9 +185,12 @@ def predict(sources, annotate_dir, **options):
     from fer_edge.edge_runtime.sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES, expand, is_image, probe, read_frames
 
     paths = expand(list(sources))
+    empty = [source for source in sources if Path(source).is_dir() and not expand([source])]
+    no_media = f"no images or videos in it (files ending in {' '.join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))})"
     if not paths:  # only folders without images or videos expand to nothing
-        raise FerEdgeError(f"{', '.join(sources)}: no images or videos in it (files ending in "
-                           f"{' '.join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))})")
+        raise FerEdgeError(f"{', '.join(sources)}: {no_media}")
+    for folder in empty:
+        click.echo(f"fer-edge predict: skipped {folder}: {no_media}", err=True)
     if annotate_dir:  # before the model loads and frames are read
         check_writable(annotate_dir, "--annotate", folder=True)
     targets = annotation_paths(annotate_dir, paths) if annotate_dir else {}

@@ -88,7 +88,8 @@ def make_interpreter(model_path: str | Path, num_threads: int | None = None, dev
     model_path = Path(model_path)
     if not model_path.is_file():
         raise ModelError(f"{model_path}: is a folder, expected a .tflite file" if model_path.is_dir()
-                         else f"model file not found: {model_path}")
+                         else f"{model_path}: not a regular file (a fifo or device), expected a .tflite file"
+                         if model_path.exists() else f"model file not found: {model_path}")
     Interpreter, load_delegate = _runtime()
     delegates = []
     if device != "cpu":

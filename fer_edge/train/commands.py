@@ -197,7 +197,7 @@ def evaluate(model, data_path, split, out, tta, limit, calibration):
 @click.command()
 @click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--data", "data_path", type=click.Path(), help=DATA_HELP)
-@click.option("--neutral-target", type=float, default=None,
+@click.option("--neutral-target", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="Share of FER+-neutral PublicTest faces the `neutral` calibration must put on neutral [0.65].")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Where to write the calibrations [default: <model>.calibration.json beside the model, where "

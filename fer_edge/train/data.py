@@ -60,7 +60,8 @@ class FerDataset:
 
 
 def default_data_path() -> Path:
-    return Path(os.environ.get("FER_EDGE_DATA", DEFAULT_NPZ))
+    # An empty FER_EDGE_DATA (e.g. FER_EDGE_DATA=$UNSET) would be Path("") = the current folder.
+    return Path(os.environ.get("FER_EDGE_DATA") or DEFAULT_NPZ)
 
 
 def load_dataset(path: str | Path | None = None, skip_bad: bool = False, val_fraction: float = 0.1,

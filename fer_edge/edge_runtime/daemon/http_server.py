@@ -64,6 +64,12 @@ class StatusServer:
             timeout = client_timeout_s
 
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                self._respond(body_too=True)
+
+            def do_HEAD(self) -> None:  # noqa: N802 (health checkers often ask with HEAD)
+                self._respond(body_too=False)
+
+            def _respond(self, body_too: bool) -> None:
                 route = routes.get(self.path.split("?", 1)[0])
                 status, content_type, body = route() if route else (404, "application/json", _json({"error": "not found"}))
                 self.send_response(status)
@@ -71,7 +77,8 @@ class StatusServer:
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("Cache-Control", "no-store")
                 self.end_headers()
-                self.wfile.write(body)
+                if body_too:
+                    self.wfile.write(body)
 
             def log_message(self, format: str, *args) -> None:  # requests are routine: debug level only
                 log.debug("http: " + format, *args)
