@@ -6,6 +6,7 @@ A source is named by a string: a file or folder path, a camera index (`0`) or de
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -128,6 +129,7 @@ def _capture_frames(source: str, max_pixels: int | None = None,
                     stream_timeouts_s: tuple[float, float] | None = None) -> Iterator[np.ndarray]:
     import cv2
 
+    started = time.monotonic()
     if stream_timeouts_s and "://" in source:
         # FFmpeg's own waits are unbounded for a camera that accepts and never answers.
         open_s, read_s = stream_timeouts_s
@@ -136,8 +138,13 @@ def _capture_frames(source: str, max_pixels: int | None = None,
     else:
         capture = cv2.VideoCapture(int(source) if source.isdigit() else source)
     if not capture.isOpened():
-        raise SourceError(f"cannot open {source}" + (f" within {stream_timeouts_s[0]:g} s" if stream_timeouts_s
-                                                     and "://" in source else ""))
+        if stream_timeouts_s and "://" in source:
+            # A hung camera uses up the open timeout; a refused connection or a scheme FFmpeg does
+            # not read (foo://) fails at once.
+            waited = time.monotonic() - started >= 0.8 * stream_timeouts_s[0]
+            raise SourceError(f"cannot open {source}" + (f" within {stream_timeouts_s[0]:g} s" if waited else
+                                                         ": refused, or not a stream FFmpeg can read"))
+        raise SourceError(f"cannot open {source}")
     try:
         check_frame_size(source, int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
                          int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)), max_pixels)

@@ -199,7 +199,8 @@ def _load_folder(root: Path, skip_bad: bool) -> FerDataset:
                 if file.suffix.lower() not in IMAGE_SUFFIXES:
                     continue
                 # Decoded as predict decodes frames: 8-bit BGR, so 16-bit PNGs are scaled, not saturated.
-                image = cv2.imread(str(file), cv2.IMREAD_COLOR)
+                # A fifo or device would block cv2.imread for good: only regular files are read.
+                image = cv2.imread(str(file), cv2.IMREAD_COLOR) if file.is_file() else None
                 if image is None:
                     if not skip_bad:
                         raise FerEdgeError(f"{file}: unreadable image "
