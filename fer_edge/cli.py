@@ -5,6 +5,7 @@ work where only the `edge` extra is installed.
 """
 from __future__ import annotations
 
+import os
 import signal
 import threading
 
@@ -26,6 +27,9 @@ class Verbs(click.Group):
     def invoke(self, ctx):
         if threading.current_thread() is threading.main_thread():  # verbs with their own handling (daemon) replace it
             signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        # OpenCV's own warnings (an unreadable TIFF, a stream it cannot open) repeat, in its words,
+        # what the verb reports as one line naming the file; read when cv2 is first imported.
+        os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
         try:
             return super().invoke(ctx)
         except FerEdgeError as exc:

@@ -411,6 +411,11 @@ def test_predict_killed_mid_video_leaves_no_annotation(tmp_path):
     assert list(out.iterdir()) == []  # neither long.mp4 nor its temporary file
 
 
+def test_opencv_warnings_do_not_repeat_the_verbs_own_line(tmp_path):
+    result = cli("predict", _float_tiff(tmp_path / "f.tiff"))
+    assert "f.tiff: OpenCV cannot decode" in result.stderr and "WARN" not in result.stderr, result.stderr
+
+
 def test_predict_names_an_empty_folder_and_goes_on(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "photos").mkdir()
