@@ -86,17 +86,20 @@ def recipe(cfg: dict) -> str:
              f"cosine decay{' with %g warm-up epoch(s)' % cfg['warmup_epochs'] if cfg['warmup_epochs'] else ''}",
              f"label smoothing {cfg['label_smoothing']:g}", f"precision {cfg.get('precision_resolved', cfg['precision'])}",
              "augmentation: " + ", ".join(f"{k} {v}" for k, v in aug.items() if v)]
+    if cfg.get("init"):
+        parts.append(f"started from the weights of `{cfg['init']}`")
     if cfg.get("teachers"):
         parts.append(f"distilled: targets {1 - cfg['distill']:g} label + {cfg['distill']:g} mean flip-averaged "
                      f"probabilities of " + ", ".join(f"`{t}`" for t in cfg["teachers"]))
     return "; ".join(parts)
 
 
-def distill_flags(cfg: dict) -> str:
-    """The `train` flags that repeat a run's distillation, if it had teachers."""
+def start_flags(cfg: dict) -> str:
+    """The `train` flags that repeat a run's starting weights and distillation, if it had them."""
+    flags = f" --init {cfg['init']}" if cfg.get("init") else ""
     if not cfg.get("teachers"):
-        return ""
-    return "".join(f" --teacher {t}" for t in cfg["teachers"]) + f" --distill {cfg['distill']:g}"
+        return flags
+    return flags + "".join(f" --teacher {t}" for t in cfg["teachers"]) + f" --distill {cfg['distill']:g}"
 
 
 def run_state(run: Path) -> dict:
@@ -241,7 +244,7 @@ def main(float_run, qat_run, baseline_run, ptq_path, data_path, peer_path, out, 
     # Whether more epochs of the same recipe could help: only while PublicTest was still rising.
     lever = (f"PublicTest was still rising: a longer run of the same recipe (`fer-edge train --preset "
              f"{float_cfg['preset']} --epochs {max(60, len(float_hist) + 20)} --batch-size {float_cfg['batch_size']} "
-             f"--lr {float_cfg['lr']:g}{distill_flags(float_cfg)}`) is the first lever." if trend > 0 else
+             f"--lr {float_cfg['lr']:g}{start_flags(float_cfg)}`) is the first lever." if trend > 0 else
              "PublicTest had stopped rising while training accuracy kept rising: the model overfits by the end of "
              "its schedule. Levers left: stronger regularisation, distillation or an ensemble"
              + (", and one uninterrupted schedule of this length (this one was changed on resume)."

@@ -95,6 +95,9 @@ def _int_tuple(flag: str):
 @click.option("--teacher", "teachers", multiple=True, metavar="RUN|MODEL|ferplus",
               help="Distil: a finished run, model file or .tflite whose flip-averaged probabilities (or 'ferplus': "
                    "FER+ vote shares) become soft targets, computed once into the run folder; repeat for an ensemble.")
+@click.option("--init", type=click.Path(), metavar="RUN|MODEL",
+              help="Start from the weights of a finished run, model file or .tflite (the shipped model too) of the "
+                   "same network instead of a fresh one, e.g. to fine-tune it on your own faces.")
 @click.option("--distill", type=float, help="With --teacher: the teachers' weight in each target [default: 0.5].")
 @click.option("--train-limit", type=int, help="Train on a stratified subset of this many images.")
 @click.option("--val-limit", type=int, help="Validate on a stratified subset of this many images.")
@@ -149,8 +152,10 @@ def train(resume, qat, from_run, **kw):
         cfg = config.TrainConfig(overrides=overrides, augment=config.AugmentConfig(**augment), **given).validate()
         check_writable(cfg.out, "--out", folder=True)
         from fer_edge.train.distill import check_teachers
+        from fer_edge.train.warm_start import check_init
 
         check_teachers(cfg.teachers)
+        check_init(cfg.init)
         from fer_edge.train import trainer  # TensorFlow loads only once the command line is known to be good
 
         run = trainer.train(cfg)

@@ -139,6 +139,9 @@ class TrainConfig:
     """Split the CPU into this many logical devices and mirror across them (tests the distributed path)."""
     qat_from: str | None = None
     """Quantization-aware fine-tuning of this finished float run's best weights (see train.qat)."""
+    init: str | None = None
+    """Start from this model's weights instead of a fresh network: a run folder, a `.keras`/`.h5`
+    model or a `.tflite` file of the same network (see train.warm_start)."""
     teachers: list = field(default_factory=list)
     """Runs, models or `ferplus` whose mean probabilities become soft targets (see train.distill)."""
     distill: float = 0.5
@@ -163,7 +166,7 @@ class TrainConfig:
     def for_qat(self, from_run: str, out: str, **overrides) -> "TrainConfig":
         """The QAT run of this float run: same network and augmentation, the QAT schedule."""
         given = {k: v for k, v in overrides.items() if v is not None}
-        return replace(self, out=out, qat_from=str(from_run), extensions=[], **{**QAT_DEFAULTS, **given})
+        return replace(self, out=out, qat_from=str(from_run), init=None, extensions=[], **{**QAT_DEFAULTS, **given})
 
     def validate(self) -> "TrainConfig":
         """Raise FerEdgeError naming the flag of the first out-of-range setting."""

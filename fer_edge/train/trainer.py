@@ -27,6 +27,7 @@ from fer_edge.train.data import FerDataset, load_dataset
 from fer_edge.train.distill import check_teachers, mix, teacher_targets
 from fer_edge.train.models import build_model, count_macs, model_config
 from fer_edge.train.tf_setup import tf
+from fer_edge.train.warm_start import check_init, load_initial_weights
 
 
 def resolve_precision(requested: str) -> str:
@@ -156,6 +157,7 @@ def train(cfg: TrainConfig, dataset: FerDataset | None = None) -> Path:
     cfg.validate()
     if not cfg.qat_from:  # a QAT run takes its float run's saved targets, not the teachers themselves
         check_teachers(cfg.teachers)
+    check_init(cfg.init)
     run = Path(cfg.out)
     if runs.has_state(run):
         raise FerEdgeError(f"--out: {run} already holds a run; pass --resume to continue it or choose a new folder")
@@ -228,6 +230,8 @@ def _fit(cfg: TrainConfig, state: dict, dataset: FerDataset | None, resumed: boo
         ckpt.checkpoint.restore(str(runs.resumable_checkpoint(run, state))).expect_partial()
         print(f"resuming {run} after epoch {state['epoch']} (best val accuracy {state['best']:.4f})", file=sys.stderr)
     else:
+        if cfg.init:
+            load_initial_weights(model, cfg.init, ds.images[tr])
         runs.write_config(run, {
             **asdict(cfg), "precision_resolved": precision, "class_names": list(CLASS_NAMES),
             "model_config": model_config(cfg.model, cfg.preset, **cfg.overrides),
