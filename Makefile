@@ -17,4 +17,4 @@ demo: $(VENV)/.edge
 	$(VENV)/bin/fer-edge demo
 
 test: $(VENV)/.dev
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n auto
