@@ -2,7 +2,9 @@
 project's own `train` and `convert` verbs really train and convert, once per session."""
 from __future__ import annotations
 
+import fcntl
 import tracemalloc  # noqa: F401  (see below)
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -69,22 +71,41 @@ def data_path(tmp_path_factory) -> Path:
     return write_generated_npz(tmp_path_factory.mktemp("generated") / "faces.npz")
 
 
+def shared_folder(tmp_path_factory, worker_id: str) -> Path:
+    """This session's folder that every pytest-xdist worker shares (xdist: .../pytest-N/popen-gwK's parent)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if worker_id != "master" else base
+
+
+@contextmanager
+def locked(path: Path):
+    """Hold a lock named after `path` while the caller makes it if it is not there yet: the small
+    model trains and converts once a session, not once a worker (each costs minutes of CPU the
+    other worker needs)."""
+    with open(path.parent / f".{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield path
+
+
 @pytest.fixture(scope="session")
-def small_run(tmp_path_factory, data_path) -> Path:
-    run = tmp_path_factory.mktemp("runs") / "small"
-    run_cli("train", "--data", data_path, *SMALL_MODEL_ARGS, "--epochs", "3", "--out", run)
+def small_run(tmp_path_factory, data_path, worker_id) -> Path:
+    with locked(shared_folder(tmp_path_factory, worker_id) / "small") as run:
+        if not (run / "final_metrics.json").exists():
+            run_cli("train", "--data", data_path, *SMALL_MODEL_ARGS, "--epochs", "3", "--out", run)
     return run
 
 
 @pytest.fixture(scope="session")
 def float_tflite_path(small_run) -> Path:
-    out = small_run / "model_float32.tflite"
-    run_cli("convert", small_run, "--float", "--out", out)
+    with locked(small_run / "model_float32.tflite") as out:
+        if not out.exists():
+            run_cli("convert", small_run, "--float", "--out", out)
     return out
 
 
 @pytest.fixture(scope="session")
 def int8_model_path(small_run, data_path) -> Path:
-    out = small_run / "model_int8.tflite"
-    run_cli("convert", small_run, "--int8", "--data", data_path, "--calibration", "500", "--out", out)
+    with locked(small_run / "model_int8.tflite") as out:
+        if not out.exists():
+            run_cli("convert", small_run, "--int8", "--data", data_path, "--calibration", "500", "--out", out)
     return out
