@@ -69,15 +69,18 @@ def test_int8_agrees_with_float_on_real_faces(small_run, int8_model_path, fer201
     keras_row, int8_row = rows
     assert keras_row.accuracy > 1 / spec.NUM_CLASSES + 0.05, "the small model should have learned something"
     assert len(np.unique(keras_row.top1)) >= 3, "agreement is only meaningful if the model predicts several classes"
-    # This tiny test model's softmax is flat (median top probability ~0.3): a face whose top two
-    # classes are within two int8 output steps (2/256) is a tie int8 cannot resolve, and overall
-    # agreement varies with the run (0.90-0.95 over runs here). On every other face, which is most
-    # of them, int8 must agree with float on >= 95%.
+    # This tiny test model's softmax is flat (median top probability ~0.3), so many faces are near-ties
+    # that int8's rounding (probabilities move by 0.003-0.007 on average, up to ~0.05 on 1% of faces,
+    # over three trainings here) may flip: overall agreement was 0.90-0.96. Faces whose top two classes
+    # are more than 0.05 apart (over half of them) agreed on 99.3-100%.
     assert int8_row.agreement >= 0.85, int8_row.to_dict()
-    probs = np.sort(predict_probs(load_predictor(small_run), images), axis=1)
-    decided = probs[:, -1] - probs[:, -2] > 2 / 256
-    assert decided.mean() >= 0.85
-    assert np.mean((keras_row.top1 == int8_row.top1)[decided]) >= 0.95
+    float_probs = predict_probs(load_predictor(small_run), images)
+    int8_probs = predict_probs(load_predictor(int8_model_path), images)
+    assert np.abs(float_probs - int8_probs).mean() <= 0.02
+    top2 = np.sort(float_probs, axis=1)[:, -2:]
+    decided = top2[:, 1] - top2[:, 0] > 0.05
+    assert decided.mean() >= 0.4
+    assert np.mean((keras_row.top1 == int8_row.top1)[decided]) >= 0.98
 
 
 def test_float32_export_fails_the_int8_requirement(float_tflite_path):
