@@ -223,10 +223,7 @@ def _fit(cfg: TrainConfig, state: dict, dataset: FerDataset | None, resumed: boo
         optimizer = tf.keras.optimizers.Adam(learning_rate(cfg, steps))
         model.compile(optimizer=optimizer,
                       loss=tf.keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
-                      metrics=["accuracy"],
-                      # XLA fuses the float32 graph: 1.8x faster steps on an AVX2 CPU. Left off for
-                      # bfloat16 (oneDNN's kernels) and for QAT's fake-quantization ops.
-                      jit_compile=precision == "float32" and not cfg.qat_from)
+                      metrics=["accuracy"])
     ckpt = tf.train.CheckpointManager(tf.train.Checkpoint(model=model, optimizer=optimizer),
                                       str(runs.checkpoint_dir(run)), max_to_keep=runs.CHECKPOINTS_KEPT)
     if resumed:
