@@ -200,39 +200,42 @@ def score(frames, empties_found, frames_found, sides, min_score=0.0):
 
 def face_range(faces, photos, rng, names) -> None:
     """Recall of each pyramid detector on one window at a fixed scale, by face side in input pixels,
-    and how its boxes sit on the pasted FER2013 crops (side ratio, centre shift: `box_to_crop`,
-    `crop_shift`)."""
+    for FER2013 faces and for the real LFW faces, and how its boxes sit on the pasted FER2013 crops
+    (side ratio, centre shift: `box_to_crop`, `crop_shift`)."""
     from fer_edge.edge_runtime.search import Window
 
     for name in names:
         detector = create_detector(name, num_threads=1)
         model = detector.model
-        cells, ratios, shifts = [], [], []
-        for side in (8, 10, 12, 16, 20, 24, 28, 32, 40, 48, 64, 80, 96, 112, 128, 160, 200, 240, 280):
-            # A fixed-size model is measured on its own input; a resizable one on a window twice the face.
-            size = max(model.input, -(-2 * side // model.multiple) * model.multiple) if model.resizable else model.input
-            if side > size:
-                continue
-            found_at = []
-            for _ in range(60):
-                image = mosaic(rng, photos, size, size)
-                x, y = (int(v) for v in rng.integers(0, size - side + 1, 2))
-                paste(image, faces[rng.integers(len(faces))], x, y, side, feather=0.15)
-                boxes, scores, _ = detector._run(image, Window(0, 0, size, size, 1.0, size, size), model.min_score)
-                truth = np.array([x, y, x + side, y + side], float)
-                overlaps = iou(truth, boxes) if len(boxes) else np.zeros(0)
-                found_at.append(bool(len(boxes)) and overlaps.max() >= MATCH_IOU)
-                if found_at[-1]:
-                    best = boxes[overlaps.argmax()]
-                    ratios.append((np.sqrt((best[2] - best[0]) * (best[3] - best[1])) / side,
-                                   max(best[2] - best[0], best[3] - best[1]) / side))
-                    shifts.append(((best[1] + best[3]) / 2 - (y + side / 2)) / side)
-            cells.append(f"{side}px {np.mean(found_at):.2f}")
-        click.echo(f"{name} (input {model.input}, min_score {model.min_score}): " + "  ".join(cells))
-        sqrt_side, max_side = np.median(ratios, axis=0)
-        # box_to_crop uses the geometric mean side; the crop margin, the longer side (pipeline._square).
-        click.echo(f"  box side / crop side: median {sqrt_side:.2f} (sqrt(w*h)), {max_side:.2f} (max(w, h)); "
-                   f"box centre below the crop's: median {np.median(shifts):+.3f} of its side")
+        click.echo(f"{name} (input {model.input}, min_score {model.min_score}):")
+        for label, pasted in (("FER2013", faces), ("LFW", lfw_faces())):
+            cells, ratios, shifts = [], [], []
+            for side in (8, 10, 12, 16, 20, 24, 28, 32, 40, 48, 64, 80, 96, 112, 128, 160, 200, 240, 280):
+                # A fixed-size model is measured on its own input; a resizable one on a window twice the face.
+                size = max(model.input, -(-2 * side // model.multiple) * model.multiple) if model.resizable else model.input
+                if side > size:
+                    continue
+                found_at = []
+                for _ in range(60):
+                    image = mosaic(rng, photos, size, size)
+                    x, y = (int(v) for v in rng.integers(0, size - side + 1, 2))
+                    paste(image, pasted[rng.integers(len(pasted))], x, y, side, feather=0.15)
+                    boxes, scores, _ = detector._run(image, Window(0, 0, size, size, 1.0, size, size), model.min_score)
+                    truth = np.array([x, y, x + side, y + side], float)
+                    overlaps = iou(truth, boxes) if len(boxes) else np.zeros(0)
+                    found_at.append(bool(len(boxes)) and overlaps.max() >= MATCH_IOU)
+                    if found_at[-1]:
+                        best = boxes[overlaps.argmax()]
+                        ratios.append((np.sqrt((best[2] - best[0]) * (best[3] - best[1])) / side,
+                                       max(best[2] - best[0], best[3] - best[1]) / side))
+                        shifts.append(((best[1] + best[3]) / 2 - (y + side / 2)) / side)
+                cells.append(f"{side}px {np.mean(found_at):.2f}")
+            click.echo(f"  {label:8} " + "  ".join(cells))
+            if label == "FER2013":  # the crop the runtime cuts is FER2013's
+                sqrt_side, max_side = np.median(ratios, axis=0)
+                # box_to_crop uses the geometric mean side; the crop margin, the longer side (pipeline._square).
+                click.echo(f"  box side / crop side: median {sqrt_side:.2f} (sqrt(w*h)), {max_side:.2f} (max(w, h)); "
+                           f"box centre below the crop's: median {np.median(shifts):+.3f} of its side")
 
 
 @click.command()
